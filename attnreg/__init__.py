@@ -1,0 +1,48 @@
+"""attnreg: a registry of sparse attention patterns for PyTorch, with fast engines and model builders."""
+
+from attnreg._validation import PatternError
+from attnreg.execution import AttentionCall, BackendUnavailableError, Engine
+from attnreg.functional import attention, attention_weights
+from attnreg.models import build, list_builders
+from attnreg.pattern import AggregatedGlobals, Cost, Pattern, RelativePositionBias, SelectedGlobals, Window
+from attnreg.registry import (
+    ConflictError,
+    PluginError,
+    UnknownNameError,
+    get_pattern,
+    get_registry,
+    hookimpl,
+    list_patterns,
+    register_plugin,
+    reload_registry,
+    unregister_plugin,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AggregatedGlobals",
+    "AttentionCall",
+    "BackendUnavailableError",
+    "ConflictError",
+    "Cost",
+    "Engine",
+    "Pattern",
+    "PatternError",
+    "PluginError",
+    "RelativePositionBias",
+    "SelectedGlobals",
+    "UnknownNameError",
+    "Window",
+    "attention",
+    "attention_weights",
+    "build",
+    "get_pattern",
+    "list_builders",
+    "get_registry",
+    "hookimpl",
+    "list_patterns",
+    "register_plugin",
+    "reload_registry",
+    "unregister_plugin",
+]

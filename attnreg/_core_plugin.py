@@ -1,0 +1,13 @@
+"""attnreg's own plugin: the engines and generic builders of the core, added through the hooks any plugin uses."""
+
+from __future__ import annotations
+
+from attnreg.execution.reference import ReferenceEngine
+from attnreg.registry.hookspecs import hookimpl
+from attnreg.registry.registry import PluginRegistrar
+
+
+@hookimpl
+def attnreg_add_engines(registry: PluginRegistrar) -> None:
+    """The dense reference engine."""
+    registry.add_engine(ReferenceEngine())

@@ -1,0 +1,239 @@
+"""``AttentionCall``: the checked inputs of one attention call, the single thing every engine receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attnreg._validation import PatternError, require
+from attnreg.pattern.spec import Pattern
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """One pattern applied to ``(batch, heads, length, head_dim)`` queries, keys and values, inputs checked.
+
+    - ``attention_mask``: ``(batch, length)`` bool, True for real tokens (padding is False), or ``None``;
+    - ``global_mask``: ``(batch, length)`` bool, True for selected global tokens, or ``None``;
+    - ``global_q/k/v``: the global rows' own projections, shaped as ``q`` (selected globals with own projections);
+    - ``aggregated_k/v``: ``(batch, heads, count, head_dim)`` keys and values of the aggregated tokens;
+    - ``bias_weight`` / ``aggregated_bias_weight``: ``(num_buckets, heads)`` learned relative-position tables.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    pattern: Pattern
+    attention_mask: torch.Tensor | None = None
+    global_mask: torch.Tensor | None = None
+    global_q: torch.Tensor | None = None
+    global_k: torch.Tensor | None = None
+    global_v: torch.Tensor | None = None
+    aggregated_k: torch.Tensor | None = None
+    aggregated_v: torch.Tensor | None = None
+    bias_weight: torch.Tensor | None = None
+    aggregated_bias_weight: torch.Tensor | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.q.shape[0]
+
+    @property
+    def heads(self) -> int:
+        return self.q.shape[1]
+
+    @property
+    def length(self) -> int:
+        return self.q.shape[2]
+
+    @property
+    def head_dim(self) -> int:
+        return self.q.shape[3]
+
+    @property
+    def count(self) -> int:
+        """Aggregated keys after the token keys."""
+        return self.pattern.aggregated_count(self.length)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.q.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
+
+    @property
+    def scale(self) -> float:
+        return self.pattern.score_scale(self.head_dim)
+
+    @property
+    def has_global_projections(self) -> bool:
+        return self.global_q is not None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor input by name (``None`` ones left out)."""
+        names = (
+            "q",
+            "k",
+            "v",
+            "global_q",
+            "global_k",
+            "global_v",
+            "aggregated_k",
+            "aggregated_v",
+            "bias_weight",
+            "aggregated_bias_weight",
+        )
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether any floating input needs a gradient (so an engine must support backward)."""
+        return torch.is_grad_enabled() and any(t.requires_grad for t in self.tensors().values())
+
+
+def make_call(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: Pattern,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    global_mask: torch.Tensor | None = None,
+    global_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    aggregated_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bias_weight: torch.Tensor | None = None,
+    aggregated_bias_weight: torch.Tensor | None = None,
+) -> AttentionCall:
+    """Check every input against ``pattern`` and each other; errors name the argument, value and what is allowed."""
+    require(isinstance(pattern, Pattern), "pattern", pattern, "expected an attnreg.Pattern (see attnreg.get_pattern)")
+    _check_qkv(q, k, v)
+    batch, heads, length, head_dim = q.shape
+    attention_mask = _check_mask("attention_mask", attention_mask, q)
+    global_mask = _check_mask("global_mask", global_mask, q)
+
+    selected = pattern.selected_globals
+    if global_mask is not None:
+        require(selected is not None, "global_mask", "a tensor", "this pattern has no selected_globals")
+    global_q = global_k = global_v = None
+    if global_qkv is not None:
+        require(
+            selected is not None and selected.own_projections,
+            "global_qkv",
+            "a tuple of tensors",
+            "only patterns whose selected_globals have own_projections=True take global projections",
+        )
+        require(
+            isinstance(global_qkv, (tuple, list)) and len(global_qkv) == 3,
+            "global_qkv",
+            type(global_qkv).__name__,
+            "expected a (global_q, global_k, global_v) tuple",
+        )
+        for name, tensor in zip(("global_q", "global_k", "global_v"), global_qkv, strict=True):
+            _check_like(name, tensor, q, tuple(q.shape))
+        global_q, global_k, global_v = global_qkv
+
+    aggregated_k = aggregated_v = None
+    if pattern.aggregated_globals is not None:
+        count = pattern.aggregated_count(length)
+        require(
+            aggregated_kv is not None,
+            "aggregated_kv",
+            None,
+            f"this pattern has aggregated_globals: pass (keys, values) of shape {(batch, heads, count, head_dim)}",
+        )
+        require(
+            isinstance(aggregated_kv, (tuple, list)) and len(aggregated_kv) == 2,
+            "aggregated_kv",
+            type(aggregated_kv).__name__,
+            "expected an (aggregated_k, aggregated_v) tuple",
+        )
+        for name, tensor in zip(("aggregated_k", "aggregated_v"), aggregated_kv, strict=True):
+            _check_like(name, tensor, q, (batch, heads, count, head_dim))
+        aggregated_k, aggregated_v = aggregated_kv
+    else:
+        require(aggregated_kv is None, "aggregated_kv", "a tuple of tensors", "this pattern has no aggregated_globals")
+
+    bias_weight = _check_bias("bias_weight", bias_weight, pattern.bias, q)
+    aggregated_bias_weight = _check_bias("aggregated_bias_weight", aggregated_bias_weight, pattern.aggregated_bias, q)
+    return AttentionCall(
+        q=q,
+        k=k,
+        v=v,
+        pattern=pattern,
+        attention_mask=attention_mask,
+        global_mask=global_mask,
+        global_q=global_q,
+        global_k=global_k,
+        global_v=global_v,
+        aggregated_k=aggregated_k,
+        aggregated_v=aggregated_v,
+        bias_weight=bias_weight,
+        aggregated_bias_weight=aggregated_bias_weight,
+    )
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    require(
+        isinstance(q, torch.Tensor) and q.dim() == 4,
+        "q",
+        _describe(q),
+        "expected a (batch, heads, length, head_dim) tensor",
+    )
+    require(
+        q.is_floating_point(), "q.dtype", q.dtype, "expected a floating dtype (float32, bfloat16, float16, float64)"
+    )
+    require(all(q.shape), "q.shape", tuple(q.shape), "every dimension must be at least 1")
+    _check_like("k", k, q, tuple(q.shape))
+    _check_like("v", v, q, tuple(q.shape))
+
+
+def _check_like(name: str, tensor: object, q: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """``tensor`` must have ``shape`` and share ``q``'s dtype and device."""
+    require(isinstance(tensor, torch.Tensor), name, _describe(tensor), f"expected a tensor of shape {shape}")
+    require(tuple(tensor.shape) == shape, f"{name}.shape", tuple(tensor.shape), f"expected {shape}")
+    require(tensor.dtype == q.dtype, f"{name}.dtype", tensor.dtype, f"expected q's dtype {q.dtype}")
+    require(tensor.device == q.device, f"{name}.device", tensor.device, f"expected q's device {q.device}")
+
+
+def _check_mask(name: str, mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    shape = (q.shape[0], q.shape[2])
+    require(isinstance(mask, torch.Tensor), name, _describe(mask), f"expected a bool tensor of shape {shape}")
+    require(tuple(mask.shape) == shape, f"{name}.shape", tuple(mask.shape), f"expected (batch, length) = {shape}")
+    require(mask.device == q.device, f"{name}.device", mask.device, f"expected q's device {q.device}")
+    require(
+        mask.dtype == torch.bool or not mask.is_floating_point(),
+        f"{name}.dtype",
+        mask.dtype,
+        "expected bool (or integer 0/1); float masks are ambiguous",
+    )
+    return mask.bool()
+
+
+def _check_bias(name: str, weight: torch.Tensor | None, term: object, q: torch.Tensor) -> torch.Tensor | None:
+    if term is None:
+        require(weight is None, name, _describe(weight), "this pattern has no such bias term; pass None")
+        return None
+    shape = (term.num_buckets, q.shape[1])
+    if weight is None:
+        raise PatternError(
+            f"{name}=None is not allowed: this pattern has a relative-position bias; "
+            f"pass its learned table of shape (num_buckets, heads) = {shape}"
+        )
+    require(
+        isinstance(weight, torch.Tensor) and tuple(weight.shape) == shape,
+        f"{name}.shape",
+        tuple(weight.shape) if isinstance(weight, torch.Tensor) else weight,
+        f"expected {shape}",
+    )
+    require(weight.is_floating_point(), f"{name}.dtype", weight.dtype, "expected a floating dtype")
+    require(weight.device == q.device, f"{name}.device", weight.device, f"expected q's device {q.device}")
+    return weight
+
+
+def _describe(value: object) -> object:
+    return f"Tensor{tuple(value.shape)}" if isinstance(value, torch.Tensor) else value

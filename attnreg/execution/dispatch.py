@@ -1,0 +1,55 @@
+"""Choosing an engine: the cheapest one that supports the call, or the one asked for, and why the others are not."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from attnreg._validation import PatternError
+from attnreg.execution.call import AttentionCall
+from attnreg.execution.engine import Engine
+
+
+class BackendUnavailableError(PatternError):
+    """An engine asked for by ``backend=`` cannot run the call; the message says why."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One engine's answer for a call: the reasons it refuses (empty if it runs) and its estimated cost."""
+
+    engine: Engine
+    reasons: tuple[str, ...]
+    cost: float | None
+
+    @property
+    def supported(self) -> bool:
+        return not self.reasons
+
+
+def judge(call: AttentionCall, engines: Sequence[Engine]) -> list[Verdict]:
+    """Every engine's verdict on ``call``, cheapest supported first, then the refusals."""
+    verdicts = []
+    for engine in engines:
+        reasons = tuple(engine.unsupported_reasons(call))
+        verdicts.append(Verdict(engine, reasons, None if reasons else engine.estimated_cost(call)))
+    return sorted(verdicts, key=lambda v: (not v.supported, v.cost if v.cost is not None else 0.0))
+
+
+def choose(call: AttentionCall, engines: Sequence[Engine], backend: str | None = None) -> Engine:
+    """The engine to run ``call``: ``backend`` if given (an error says why it cannot), else the cheapest."""
+    if backend is not None:
+        by_name = {engine.name: engine for engine in engines}
+        if backend not in by_name:
+            raise BackendUnavailableError(
+                f"backend={backend!r} is not allowed: known engines are {', '.join(sorted(by_name))}"
+            )
+        reasons = by_name[backend].unsupported_reasons(call)
+        if reasons:
+            raise BackendUnavailableError(f"backend={backend!r} cannot run this call: {'; '.join(reasons)}")
+        return by_name[backend]
+    verdicts = judge(call, engines)
+    if not verdicts or not verdicts[0].supported:
+        detail = "; ".join(f"{v.engine.name}: {', '.join(v.reasons)}" for v in verdicts) or "no engine is registered"
+        raise BackendUnavailableError(f"no engine can run this call ({detail})")
+    return verdicts[0].engine

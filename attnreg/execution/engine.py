@@ -1,0 +1,37 @@
+"""The engine interface: an implementation of pattern attention that says why it refuses an input."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from attnreg.execution.call import AttentionCall
+
+
+class Engine(ABC):
+    """Runs an :class:`AttentionCall`; the dispatcher asks every engine whether it can, and what it would cost.
+
+    Engines read the pattern's parts, never its name: a plugin's new pattern runs on every engine that
+    supports its parts.
+    """
+
+    #: Short unique name, used by ``backend=`` and ``attnreg explain``.
+    name: str = ""
+    #: One line for ``attnreg explain`` and ``attnreg list``.
+    description: str = ""
+
+    @abstractmethod
+    def unsupported_reasons(self, call: AttentionCall) -> list[str]:
+        """Why this engine cannot run ``call`` (device, dtype, grad, pattern parts, sizes); empty if it can."""
+
+    @abstractmethod
+    def estimated_cost(self, call: AttentionCall) -> float:
+        """A rough time estimate in seconds for ``call`` on its device, comparable across engines."""
+
+    @abstractmethod
+    def __call__(self, call: AttentionCall) -> torch.Tensor:
+        """The output ``(batch, heads, length, head_dim)``; differentiable when the inputs require grad."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

@@ -1,0 +1,70 @@
+"""The reference engine: materialise the pattern densely and run plain softmax attention. Exact, O(n²), for tests."""
+
+from __future__ import annotations
+
+import torch
+
+from attnreg.execution.call import AttentionCall
+from attnreg.execution.engine import Engine
+
+
+def softmax_rows(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Softmax over the allowed entries of each row; a row with nothing allowed gives zeros, never NaN."""
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    peak = scores.amax(dim=-1, keepdim=True)
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    weights = torch.exp(scores - peak)
+    return weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+
+
+def reference_weights(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention weights ``(batch, heads, length, length + count)`` and the output, both from the dense layout."""
+    layout = call.pattern.materialize(call.length, call.attention_mask, call.global_mask)
+    compute = torch.promote_types(call.dtype, torch.float32)  # softmax in fp32 (fp64 stays fp64)
+    bias = None
+    if call.bias_weight is not None or call.aggregated_bias_weight is not None:
+        bias = layout.bias(call.bias_weight, call.aggregated_bias_weight, call.heads).to(compute)
+    allowed = layout.allowed[:, None]
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if call.aggregated_k is not None:
+            k = torch.cat([k, call.aggregated_k], dim=2)
+            v = torch.cat([v, call.aggregated_v], dim=2)
+        scores = (q.to(compute) @ k.to(compute).transpose(-1, -2)) * call.scale
+        if bias is not None:
+            scores = scores + bias
+        weights = softmax_rows(scores, allowed)
+        return weights, weights @ v.to(compute)
+
+    weights, out = attend(call.q, call.k, call.v)
+    if call.has_global_projections:
+        global_weights, global_out = attend(call.global_q, call.global_k, call.global_v)
+        rows = layout.global_rows[:, None, :, None]
+        weights = torch.where(rows, global_weights, weights)
+        out = torch.where(rows, global_out, out)
+    return weights, out.to(call.dtype)
+
+
+def reference_attention(call: AttentionCall) -> torch.Tensor:
+    """The exact output ``(batch, heads, length, head_dim)`` of ``call``, forward and backward."""
+    return reference_weights(call)[1]
+
+
+class ReferenceEngine(Engine):
+    """Dense materialisation: always correct, quadratic in time and memory."""
+
+    name = "reference"
+    description = "dense materialised mask and bias, O(n^2); the ground truth"
+
+    def unsupported_reasons(self, call: AttentionCall) -> list[str]:
+        return []
+
+    def estimated_cost(self, call: AttentionCall) -> float:
+        keys = call.length + call.count
+        passes = 2 if call.has_global_projections else 1
+        # Unfused matmuls plus several elementwise passes over the (n x n) scores: ~5 GFLOP/s effective on CPU.
+        work = passes * call.batch * call.heads * call.length * keys * (4 * call.head_dim + 40)
+        return work / (5e9 if call.device.type == "cpu" else 5e11)
+
+    def __call__(self, call: AttentionCall) -> torch.Tensor:
+        return reference_attention(call)

@@ -1,0 +1,64 @@
+"""``attnreg.attention``: run a pattern on the fastest engine that supports the inputs."""
+
+from __future__ import annotations
+
+import torch
+
+from attnreg.execution.call import make_call
+from attnreg.execution.dispatch import choose
+from attnreg.execution.reference import reference_weights
+from attnreg.pattern.spec import Pattern
+from attnreg.registry import get_registry
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: Pattern,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    global_mask: torch.Tensor | None = None,
+    global_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    aggregated_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bias_weight: torch.Tensor | None = None,
+    aggregated_bias_weight: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Attention of ``(batch, heads, length, head_dim)`` queries, keys and values under ``pattern``.
+
+    ``attention_mask`` is ``(batch, length)``, True (or 1) for real tokens; ``global_mask`` marks selected global
+    tokens; ``global_qkv`` are the global rows' own projections; ``aggregated_kv`` the keys and values of the
+    aggregated tokens; ``bias_weight`` and ``aggregated_bias_weight`` the ``(num_buckets, heads)`` tables of the
+    pattern's relative-position biases. ``backend`` names an engine; one that cannot run the call is an error
+    that says why. Padded queries give zeros.
+    """
+    call = make_call(
+        q,
+        k,
+        v,
+        pattern,
+        attention_mask=attention_mask,
+        global_mask=global_mask,
+        global_qkv=global_qkv,
+        aggregated_kv=aggregated_kv,
+        bias_weight=bias_weight,
+        aggregated_bias_weight=aggregated_bias_weight,
+    )
+    return choose(call, get_registry().engines(), backend)(call)
+
+
+def attention_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: Pattern,
+    **inputs: torch.Tensor | tuple[torch.Tensor, ...] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output and the dense attention weights ``(batch, heads, length, length + count)``, from the reference.
+
+    Takes the same keyword inputs as :func:`attention` (no ``backend``). O(length²): for ``output_attentions``,
+    inspection and tests, never the fast path. Keys are the tokens followed by the aggregated tokens.
+    """
+    weights, output = reference_weights(make_call(q, k, v, pattern, **inputs))
+    return output, weights.to(q.dtype)

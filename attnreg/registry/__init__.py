@@ -1,0 +1,78 @@
+"""The process-wide registry of plugins, loaded on first use."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from attnreg.pattern.spec import Pattern
+from attnreg.registry.hookspecs import hookimpl, hookspec
+from attnreg.registry.registry import (
+    BuilderEntry,
+    ConflictError,
+    PatternEntry,
+    PluginError,
+    PluginInfo,
+    PluginRegistrar,
+    Registry,
+    UnknownNameError,
+)
+
+__all__ = [
+    "BuilderEntry",
+    "ConflictError",
+    "PatternEntry",
+    "PluginError",
+    "PluginInfo",
+    "PluginRegistrar",
+    "Registry",
+    "UnknownNameError",
+    "get_pattern",
+    "get_registry",
+    "hookimpl",
+    "hookspec",
+    "list_patterns",
+    "register_plugin",
+    "reload_registry",
+    "unregister_plugin",
+]
+
+_lock = threading.Lock()
+_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loading the entry points on first use."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            _registry = Registry.load()
+        return _registry
+
+
+def reload_registry() -> Registry:
+    """Forget the loaded registry and load it again (after installing a plugin, or changing the environment)."""
+    global _registry
+    with _lock:
+        _registry = None
+    return get_registry()
+
+
+def list_patterns() -> list[str]:
+    """Every registered pattern name, built-ins included."""
+    return get_registry().list_patterns()
+
+
+def get_pattern(name: str, **params: Any) -> Pattern:
+    """The pattern ``name`` with ``params``; an unknown name lists close matches and the installed plugins."""
+    return get_registry().get_pattern(name, **params)
+
+
+def register_plugin(plugin: object, name: str | None = None) -> str:
+    """Register a plugin object at run time; returns the name to unregister it with."""
+    return get_registry().register_plugin(plugin, name)
+
+
+def unregister_plugin(name: str) -> None:
+    """Remove a plugin registered at run time (or loaded from an entry point)."""
+    get_registry().unregister_plugin(name)

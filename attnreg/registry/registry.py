@@ -1,0 +1,338 @@
+"""The registry: plugins found through pluggy entry points, each isolated, and what they add.
+
+Loading never depends on order: plugins load sorted by name, a name two plugins claim becomes a conflict
+that names both distributions, and a plugin that fails to import or raises in a hook is kept aside with
+its traceback while the others load (``ATTNREG_STRICT=1`` makes any of these fatal).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from attnreg._validation import PatternError, reject_unknown
+from attnreg.execution.engine import Engine
+from attnreg.pattern.spec import Pattern
+from attnreg.registry import hookspecs
+
+ENTRY_POINT_GROUP = "attnreg"
+DISABLE_ENV = "ATTNREG_DISABLE_PLUGINS"
+STRICT_ENV = "ATTNREG_STRICT"
+CORE_PLUGIN = "attnreg.core"
+
+
+class PluginError(RuntimeError):
+    """A plugin failed to load or to run its hook (raised only in strict mode; otherwise recorded)."""
+
+
+class ConflictError(PatternError):
+    """Two plugins claim one name."""
+
+
+class UnknownNameError(KeyError):
+    """No pattern (or builder, or engine) of that name; the message lists close matches and the installed plugins."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One plugin: where it comes from and whether it loaded."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    error: str | None = None
+
+    @property
+    def source(self) -> str:
+        """``distribution version`` for an installed plugin, or how it got here otherwise."""
+        if self.distribution:
+            return f"{self.distribution} {self.version or ''}".strip()
+        return "attnreg (core)" if self.name == CORE_PLUGIN else "registered at run time"
+
+
+@dataclass(frozen=True)
+class PatternEntry:
+    """A registered pattern name: its factory, the plugin that added it, and a one-line description."""
+
+    name: str
+    factory: Callable[..., Pattern]
+    plugin: PluginInfo
+    description: str = ""
+
+    def parameters(self) -> dict[str, Any]:
+        """The factory's keyword parameters and defaults (``inspect.Parameter.empty`` when required)."""
+        return {
+            name: p.default
+            for name, p in inspect.signature(self.factory).parameters.items()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        }
+
+    def create(self, **params: Any) -> Pattern:
+        """Call the factory after checking that every parameter exists."""
+        reject_unknown(f"pattern {self.name!r}", params, self.parameters())
+        pattern = self.factory(**params)
+        if not isinstance(pattern, Pattern):
+            raise PluginError(
+                f"pattern {self.name!r} from {self.plugin.source} returned {type(pattern).__name__}"
+                f", not attnreg.Pattern"
+            )
+        return pattern
+
+
+@dataclass(frozen=True)
+class BuilderEntry:
+    """A registered model builder."""
+
+    name: str
+    builder: Callable[..., Any]
+    plugin: PluginInfo
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A name claimed by more than one plugin: nobody wins, using it is an error naming them all."""
+
+    kind: str
+    name: str
+    plugins: tuple[PluginInfo, ...]
+
+    def error(self) -> ConflictError:
+        owners = " and ".join(p.source if p.distribution else p.name for p in self.plugins)
+        return ConflictError(
+            f"{self.kind} {self.name!r} is claimed by more than one plugin: {owners}; "
+            f"uninstall or disable one (e.g. {DISABLE_ENV}={self.plugins[-1].name})"
+        )
+
+
+class PluginRegistrar:
+    """What a hook receives: adds one plugin's contributions, remembering which plugin added them."""
+
+    def __init__(self, plugin: PluginInfo) -> None:
+        self.plugin = plugin
+        self.patterns: list[PatternEntry] = []
+        self.builders: list[BuilderEntry] = []
+        self.engines: list[Engine] = []
+
+    def add_pattern(self, name: str, factory: Callable[..., Pattern], *, description: str = "") -> None:
+        """Register ``factory(**params) -> Pattern`` under ``name``."""
+        _check_name("pattern name", name)
+        if not callable(factory):
+            raise PatternError(f"factory={factory!r} is not allowed for pattern {name!r}: expected a callable")
+        self.patterns.append(PatternEntry(name, factory, self.plugin, description or _first_line(factory)))
+
+    def add_builder(self, name: str, builder: Callable[..., Any], *, description: str = "") -> None:
+        """Register ``builder(config, *, pretrained=None, **overrides) -> nn.Module`` under ``name``."""
+        _check_name("builder name", name)
+        if not callable(builder):
+            raise PatternError(f"builder={builder!r} is not allowed for {name!r}: expected a callable")
+        self.builders.append(BuilderEntry(name, builder, self.plugin, description or _first_line(builder)))
+
+    def add_engine(self, engine: Engine) -> None:
+        """Register an :class:`attnreg.Engine` instance."""
+        if not isinstance(engine, Engine):
+            raise PatternError(f"engine={engine!r} is not allowed: expected an attnreg.Engine instance")
+        _check_name("engine name", engine.name)
+        self.engines.append(engine)
+
+
+@dataclass
+class Registry:
+    """Plugins and what they registered. Build with :meth:`load`; tables are rebuilt after every change."""
+
+    manager: pluggy.PluginManager = field(default_factory=lambda: _new_manager())
+    plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    patterns: dict[str, PatternEntry] = field(default_factory=dict)
+    builders: dict[str, BuilderEntry] = field(default_factory=dict)
+    engine_table: dict[str, Engine] = field(default_factory=dict)
+    conflicts: dict[tuple[str, str], Conflict] = field(default_factory=dict)
+    strict: bool = False
+
+    @classmethod
+    def load(cls, *, entry_points: bool = True, strict: bool | None = None) -> Registry:
+        """The core plugin plus every ``attnreg`` entry point not disabled by ``ATTNREG_DISABLE_PLUGINS``."""
+        registry = cls(strict=_env_flag(STRICT_ENV) if strict is None else strict)
+        from attnreg import _core_plugin
+
+        registry.manager.register(_core_plugin, name=CORE_PLUGIN)
+        registry.plugins[CORE_PLUGIN] = PluginInfo(CORE_PLUGIN)
+        if entry_points:
+            registry._load_entry_points()
+        registry.rebuild()
+        return registry
+
+    # --- plugins ---------------------------------------------------------------------------------------
+
+    def _load_entry_points(self) -> None:
+        disabled = disabled_plugins()
+        found = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+        for ep in found:
+            dist = getattr(ep, "dist", None)
+            info = PluginInfo(ep.name, dist.metadata["Name"] if dist else None, dist.version if dist else None)
+            if info.name in disabled or (info.distribution or "") in disabled:
+                self.manager.set_blocked(ep.name)
+                continue
+            try:
+                plugin = ep.load()
+                self.manager.register(plugin, name=ep.name)
+                self.manager.check_pending()
+            except Exception:
+                self._fail(info, f"failed to import entry point {ep.value!r}")
+                if self.manager.has_plugin(ep.name):
+                    self.manager.unregister(name=ep.name)
+                continue
+            self.plugins[ep.name] = info
+
+    def register_plugin(self, plugin: object, name: str | None = None) -> str:
+        """Register a plugin object at run time (notebooks, tests); a name it shares with another is an error."""
+        name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin):x}"
+        if name in self.plugins:
+            raise PatternError(f"name={name!r} is not allowed: a plugin of that name is already registered")
+        self.manager.register(plugin, name=name)
+        try:
+            self.manager.check_pending()
+        except Exception:
+            self.manager.unregister(name=name)
+            raise
+        self.plugins[name] = PluginInfo(name)
+        try:
+            self.rebuild()
+        except Exception:
+            self.unregister_plugin(name)
+            raise
+        new = [c for c in self.conflicts.values() if any(p.name == name for p in c.plugins)]
+        if new:
+            self.unregister_plugin(name)
+            raise new[0].error()
+        return name
+
+    def unregister_plugin(self, name: str) -> None:
+        """Remove a plugin (registered at run time or from an entry point) and rebuild the tables."""
+        if name not in self.plugins or name == CORE_PLUGIN:
+            raise PatternError(
+                f"name={name!r} is not allowed: registered plugins are "
+                f"{', '.join(n for n in self.plugins if n != CORE_PLUGIN) or '(none)'}"
+            )
+        self.manager.unregister(name=name)
+        del self.plugins[name]
+        self.rebuild()
+
+    def failures(self) -> list[PluginInfo]:
+        """Plugins that failed to import or raised in a hook, with their tracebacks."""
+        return [p for p in self.plugins.values() if p.error]
+
+    def _fail(self, info: PluginInfo, what: str) -> None:
+        failed = PluginInfo(info.name, info.distribution, info.version, f"{what}:\n{traceback.format_exc()}")
+        self.plugins[info.name] = failed
+        if self.strict:
+            raise PluginError(f"plugin {info.name!r} ({failed.source}) {what} [{STRICT_ENV}=1]:\n{failed.error}")
+
+    # --- tables ----------------------------------------------------------------------------------------
+
+    def rebuild(self) -> None:
+        """Ask every loaded plugin's hooks again and recompute the tables and conflicts."""
+        registrars: dict[str, PluginRegistrar] = {}
+        for hook_name in ("attnreg_add_patterns", "attnreg_add_builders", "attnreg_add_engines"):
+            hook = getattr(self.manager.hook, hook_name)
+            for impl in sorted(hook.get_hookimpls(), key=lambda i: i.plugin_name):
+                info = self.plugins.get(impl.plugin_name)
+                if info is None or info.error:
+                    continue
+                registrar = registrars.setdefault(impl.plugin_name, PluginRegistrar(info))
+                try:
+                    impl.function(registry=registrar)
+                except Exception:
+                    self._fail(info, f"raised in its {hook_name} hook")
+                    registrars.pop(impl.plugin_name)
+        loaded = [r for name, r in sorted(registrars.items()) if not self.plugins[name].error]
+        self.conflicts = {}
+        self.patterns = self._table("pattern", [(e.name, e.plugin, e) for r in loaded for e in r.patterns])
+        self.builders = self._table("builder", [(e.name, e.plugin, e) for r in loaded for e in r.builders])
+        self.engine_table = self._table("engine", [(e.name, r.plugin, e) for r in loaded for e in r.engines])
+
+    def _table(self, kind: str, claims: Iterable[tuple[str, PluginInfo, Any]]) -> dict[str, Any]:
+        owners: dict[str, list[tuple[PluginInfo, Any]]] = {}
+        for name, plugin, item in claims:
+            owners.setdefault(name, []).append((plugin, item))
+        table = {}
+        for name, claimed in sorted(owners.items()):
+            plugins = tuple(dict.fromkeys(p for p, _ in claimed))
+            if len(claimed) > 1:
+                conflict = Conflict(kind, name, plugins)
+                self.conflicts[(kind, name)] = conflict
+                if self.strict:
+                    raise conflict.error()
+                continue
+            table[name] = claimed[0][1]
+        return table
+
+    # --- look-ups --------------------------------------------------------------------------------------
+
+    def list_patterns(self) -> list[str]:
+        """Every usable pattern name, sorted."""
+        return sorted(self.patterns)
+
+    def pattern_entry(self, name: str) -> PatternEntry:
+        """The entry for ``name``, or an error listing close matches and the installed plugins."""
+        return self._lookup("pattern", name, self.patterns)
+
+    def get_pattern(self, name: str, **params: Any) -> Pattern:
+        """The pattern ``name`` built with ``params`` (unknown parameters are an error)."""
+        return self.pattern_entry(name).create(**params)
+
+    def builder(self, name: str) -> BuilderEntry:
+        """The model builder ``name``."""
+        return self._lookup("builder", name, self.builders)
+
+    def engines(self) -> list[Engine]:
+        """Every registered engine."""
+        return list(self.engine_table.values())
+
+    def _lookup(self, kind: str, name: str, table: dict[str, Any]) -> Any:
+        if (kind, name) in self.conflicts:
+            raise self.conflicts[(kind, name)].error()
+        if name in table:
+            return table[name]
+        close = difflib.get_close_matches(str(name), list(table), n=3, cutoff=0.5)
+        plugins = ", ".join(f"{p.name} ({p.source}{', FAILED' if p.error else ''})" for p in self.plugins.values())
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        raise UnknownNameError(
+            f"unknown {kind} {name!r}; {hint}known: {', '.join(sorted(table)) or '(none)'}; "
+            f"installed plugins: {plugins}"
+        )
+
+
+def disabled_plugins() -> set[str]:
+    """Plugin or distribution names switched off by ``ATTNREG_DISABLE_PLUGINS=a,b``."""
+    return {part.strip() for part in os.environ.get(DISABLE_ENV, "").split(",") if part.strip()}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _new_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+def _check_name(what: str, name: object) -> None:
+    if not (isinstance(name, str) and name.strip() and name == name.strip()):
+        raise PatternError(f"{what}={name!r} is not allowed: expected a non-empty string without surrounding spaces")
+
+
+def _first_line(obj: object) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.splitlines()[0] if doc else ""
