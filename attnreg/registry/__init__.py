@@ -8,6 +8,7 @@ from typing import Any
 from attnreg.pattern.spec import Pattern
 from attnreg.registry.hookspecs import hookimpl, hookspec
 from attnreg.registry.registry import (
+    BenchmarkEntry,
     BuilderEntry,
     ConflictError,
     PatternEntry,
@@ -19,6 +20,7 @@ from attnreg.registry.registry import (
 )
 
 __all__ = [
+    "BenchmarkEntry",
     "BuilderEntry",
     "ConflictError",
     "PatternEntry",

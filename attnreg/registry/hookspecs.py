@@ -45,3 +45,15 @@ def attnreg_add_engines(registry: PluginRegistrar) -> None:
     Called once for each plugin whenever the registry is (re)built. The dispatcher considers every engine
     for every call and picks the cheapest that supports it.
     """
+
+
+@hookspec
+def attnreg_add_benchmarks(registry: PluginRegistrar) -> None:
+    """Add layer benchmarks with ``registry.add_benchmark(name, make_cases, description=...)``.
+
+    Called once for each plugin whenever the registry is (re)built. ``make_cases(length, *, batch, device,
+    dtype)`` returns ``{label: (module, kwargs)}`` with at least ``"attnreg"`` (the plugin's layer) and, where
+    one exists, ``"transformers"`` (the same layer from transformers on the same weights); ``attnreg bench``
+    times ``module(**kwargs)`` (its first tensor output, ``.sum().backward()`` with ``--grad``) side by side,
+    and runs the ``"attnreg"`` module once per engine by setting ``attnreg_backend`` on its submodules.
+    """

@@ -101,6 +101,16 @@ class BuilderEntry:
 
 
 @dataclass(frozen=True)
+class BenchmarkEntry:
+    """A registered layer benchmark: ``make_cases(length, *, batch, device, dtype) -> {label: (module, kwargs)}``."""
+
+    name: str
+    make_cases: Callable[..., dict[str, tuple[Any, dict[str, Any]]]]
+    plugin: PluginInfo
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Conflict:
     """A name claimed by more than one plugin: nobody wins, using it is an error naming them all."""
 
@@ -124,6 +134,7 @@ class PluginRegistrar:
         self.patterns: list[PatternEntry] = []
         self.builders: list[BuilderEntry] = []
         self.engines: list[Engine] = []
+        self.benchmarks: list[BenchmarkEntry] = []
 
     def add_pattern(self, name: str, factory: Callable[..., Pattern], *, description: str = "") -> None:
         """Register ``factory(**params) -> Pattern`` under ``name``."""
@@ -146,6 +157,13 @@ class PluginRegistrar:
         _check_name("engine name", engine.name)
         self.engines.append(engine)
 
+    def add_benchmark(self, name: str, make_cases: Callable[..., Any], *, description: str = "") -> None:
+        """Register a layer benchmark (see the ``attnreg_add_benchmarks`` hook) under ``name``."""
+        _check_name("benchmark name", name)
+        if not callable(make_cases):
+            raise PatternError(f"make_cases={make_cases!r} is not allowed for {name!r}: expected a callable")
+        self.benchmarks.append(BenchmarkEntry(name, make_cases, self.plugin, description or _first_line(make_cases)))
+
 
 @dataclass
 class Registry:
@@ -156,6 +174,7 @@ class Registry:
     patterns: dict[str, PatternEntry] = field(default_factory=dict)
     builders: dict[str, BuilderEntry] = field(default_factory=dict)
     engine_table: dict[str, Engine] = field(default_factory=dict)
+    benchmarks: dict[str, BenchmarkEntry] = field(default_factory=dict)
     conflicts: dict[tuple[str, str], Conflict] = field(default_factory=dict)
     strict: bool = False
 
@@ -243,7 +262,8 @@ class Registry:
     def rebuild(self) -> None:
         """Ask every loaded plugin's hooks again and recompute the tables and conflicts."""
         registrars: dict[str, PluginRegistrar] = {}
-        for hook_name in ("attnreg_add_patterns", "attnreg_add_builders", "attnreg_add_engines"):
+        hooks = ("attnreg_add_patterns", "attnreg_add_builders", "attnreg_add_engines", "attnreg_add_benchmarks")
+        for hook_name in hooks:
             hook = getattr(self.manager.hook, hook_name)
             for impl in sorted(hook.get_hookimpls(), key=lambda i: i.plugin_name):
                 info = self.plugins.get(impl.plugin_name)
@@ -260,6 +280,7 @@ class Registry:
         self.patterns = self._table("pattern", [(e.name, e.plugin, e) for r in loaded for e in r.patterns])
         self.builders = self._table("builder", [(e.name, e.plugin, e) for r in loaded for e in r.builders])
         self.engine_table = self._table("engine", [(e.name, r.plugin, e) for r in loaded for e in r.engines])
+        self.benchmarks = self._table("benchmark", [(e.name, e.plugin, e) for r in loaded for e in r.benchmarks])
 
     def _table(self, kind: str, claims: Iterable[tuple[str, PluginInfo, Any]]) -> dict[str, Any]:
         owners: dict[str, list[tuple[PluginInfo, Any]]] = {}
@@ -294,6 +315,10 @@ class Registry:
     def builder(self, name: str) -> BuilderEntry:
         """The model builder ``name``."""
         return self._lookup("builder", name, self.builders)
+
+    def benchmark(self, name: str) -> BenchmarkEntry:
+        """The layer benchmark ``name``."""
+        return self._lookup("benchmark", name, self.benchmarks)
 
     def engines(self) -> list[Engine]:
         """Every registered engine."""
