@@ -4,6 +4,7 @@ from attnreg._validation import PatternError
 from attnreg.execution import AttentionCall, BackendUnavailableError, Engine
 from attnreg.functional import attention, attention_weights
 from attnreg.models import build, list_builders
+from attnreg.nn import PatternAttention, swap
 from attnreg.pattern import AggregatedGlobals, Cost, Pattern, RelativePositionBias, SelectedGlobals, Window
 from attnreg.registry import (
     ConflictError,
@@ -28,6 +29,7 @@ __all__ = [
     "Cost",
     "Engine",
     "Pattern",
+    "PatternAttention",
     "PatternError",
     "PluginError",
     "RelativePositionBias",
@@ -44,5 +46,6 @@ __all__ = [
     "list_patterns",
     "register_plugin",
     "reload_registry",
+    "swap",
     "unregister_plugin",
 ]

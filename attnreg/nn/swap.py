@@ -1,0 +1,111 @@
+"""``attnreg.swap``: put a pattern into an existing model by replacing its ``nn.MultiheadAttention`` modules.
+
+The weights are kept, so a pattern that allows everything (``Pattern()``) leaves the outputs unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from attnreg._validation import PatternError, require
+from attnreg.nn.attention import PatternAttention
+from attnreg.pattern.spec import Pattern
+from attnreg.registry import get_pattern
+
+
+def swap(
+    model: nn.Module,
+    pattern: Pattern | str,
+    *,
+    include: Callable[[str, nn.MultiheadAttention], bool] | None = None,
+    dropout: float | None = None,
+    **pattern_params: Any,
+) -> nn.Module:
+    """Replace, in place, every ``nn.MultiheadAttention`` in ``model`` by a :class:`PatternAttention`.
+
+    ``pattern`` is a :class:`attnreg.Pattern` or a registered name built with ``pattern_params``. ``include(name,
+    module)`` picks the modules to replace (e.g. leave a decoder's cross-attention alone). ``dropout`` overrides the
+    modules' attention dropout (attnreg has none: training with ``dropout > 0`` is refused). ``nn.TransformerEncoder``
+    parents get ``use_nested_tensor = False``: its nested-tensor fast path would bypass the pattern.
+    """
+    require(isinstance(model, nn.Module), "model", type(model).__name__, "expected a torch.nn.Module")
+    if isinstance(pattern, str):
+        pattern = get_pattern(pattern, **pattern_params)
+    else:
+        require(
+            not pattern_params,
+            "pattern_params",
+            sorted(pattern_params),
+            "parameters are only taken with a registered pattern name, not with a Pattern",
+        )
+        require(isinstance(pattern, Pattern), "pattern", pattern, "expected an attnreg.Pattern or a registered name")
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.MultiheadAttention) and (include is None or include(name, module))
+    ]
+    require(bool(targets), "model", type(model).__name__, "expected at least one nn.MultiheadAttention to replace")
+    for name, module in targets:
+        replacement = from_multihead(module, pattern, dropout=dropout, name=name)
+        _set_submodule(model, name, replacement)
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoder):
+            module.use_nested_tensor = False
+    return model
+
+
+def from_multihead(
+    mha: nn.MultiheadAttention, pattern: Pattern, *, dropout: float | None = None, name: str = "module"
+) -> PatternAttention:
+    """A :class:`PatternAttention` with ``mha``'s weights, device and dtype; what cannot carry over is an error."""
+    _check_swappable(mha, name)
+    weight = mha.in_proj_weight
+    layer = PatternAttention(
+        mha.embed_dim,
+        mha.num_heads,
+        pattern,
+        bias=mha.in_proj_bias is not None,
+        dropout=mha.dropout if dropout is None else dropout,
+        batch_first=mha.batch_first,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    layer.load_state_dict(mha.state_dict(), strict=False)
+    with torch.no_grad():
+        if layer.global_in_proj_weight is not None:
+            layer.global_in_proj_weight.copy_(mha.in_proj_weight)
+        if layer.global_in_proj_bias is not None:
+            layer.global_in_proj_bias.copy_(mha.in_proj_bias)
+    layer.train(mha.training)
+    return layer
+
+
+def _check_swappable(mha: nn.MultiheadAttention, name: str) -> None:
+    reasons = []
+    if not mha._qkv_same_embed_dim:
+        reasons.append(
+            f"kdim={mha.kdim} and vdim={mha.vdim} differ from embed_dim={mha.embed_dim}: that is cross-attention, "
+            "and a pattern needs queries and keys of one sequence"
+        )
+    if mha.bias_k is not None:
+        reasons.append("add_bias_kv=True appends a learned key/value that no pattern position stands for")
+    if mha.add_zero_attn:
+        reasons.append("add_zero_attn=True appends a zero key/value that no pattern position stands for")
+    if reasons:
+        raise PatternError(
+            f"cannot swap {name!r} ({mha!r}): {'; '.join(reasons)}. Leave it out with include=lambda name, m: ..."
+        )
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    if not name:
+        raise PatternError(
+            "model=nn.MultiheadAttention is not allowed: swap replaces modules inside a model; "
+            "use attnreg.nn.swap.from_multihead(module, pattern) for a lone module"
+        )
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, module)

@@ -1,0 +1,227 @@
+"""``PatternAttention`` and ``attnreg.swap``: MHA's weights and results kept, the pattern applied, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import attnreg
+from attnreg import Pattern, PatternAttention, PatternError, SelectedGlobals, Window
+
+EMBED, HEADS, LENGTH, BATCH = 16, 4, 11, 2
+
+
+def _encoder(seed: int = 0, *, batch_first: bool = True) -> nn.TransformerEncoder:
+    torch.manual_seed(seed)
+    layer = nn.TransformerEncoderLayer(EMBED, HEADS, dim_feedforward=32, dropout=0.0, batch_first=batch_first)
+    return nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=True).eval()
+
+
+def _inputs(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    x = torch.randn(BATCH, LENGTH, EMBED)
+    padding = torch.zeros(BATCH, LENGTH, dtype=torch.bool)
+    padding[1, -3:] = True
+    return x, padding
+
+
+@pytest.fixture(params=[False, True], ids=["fastpath-off", "fastpath-on"])
+def fastpath(request):
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(request.param)
+    yield request.param
+    torch.backends.mha.set_fastpath_enabled(before)
+
+
+def test_full_window_keeps_encoder_outputs(fastpath):
+    x, padding = _inputs()
+    model = _encoder()
+    with torch.no_grad():
+        expected = model(x, src_key_padding_mask=padding)
+        attnreg.swap(model, Pattern(window=None))
+        got = model(x, src_key_padding_mask=padding)
+    assert all(isinstance(layer.self_attn, PatternAttention) for layer in model.layers)
+    real = ~padding
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
+def test_swap_keeps_state_dict_keys_and_values():
+    model = _encoder()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attnreg.swap(model, Pattern(window=Window(2, 2)))
+    after = model.state_dict()
+    assert set(after) == set(before)
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value)
+
+
+def _masked_mha_reference(mha: nn.MultiheadAttention, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """MHA itself with the pattern's allowed matrix as a per-example mask: the dense expectation."""
+    mask = (~allowed).repeat_interleave(mha.num_heads, dim=0)
+    return mha(x, x, x, attn_mask=mask, need_weights=False)[0]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [Pattern(window=Window(2, 1)), Pattern(window=Window.causal(3)), Pattern(window=Window(1, 1), scale=0.5)],
+    ids=["window-2-1", "causal-3", "scale"],
+)
+def test_narrow_window_matches_masked_mha(pattern):
+    x, padding = _inputs()
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(EMBED, HEADS, batch_first=True).eval()
+    layer = attnreg.nn.from_multihead(mha, pattern)
+    allowed = pattern.materialize(LENGTH, ~padding).allowed
+    if pattern.scale is not None:  # MHA scales by 1/sqrt(head_dim); fold the pattern's scale into q
+        with torch.no_grad():
+            mha.in_proj_weight[:EMBED] *= pattern.scale * (EMBED // HEADS) ** 0.5
+            mha.in_proj_bias[:EMBED] *= pattern.scale * (EMBED // HEADS) ** 0.5
+    with torch.no_grad():
+        expected = _masked_mha_reference(mha, x, allowed)
+        got, _ = layer(x, x, x, key_padding_mask=padding, need_weights=False)
+        full, _ = attnreg.nn.from_multihead(mha, Pattern())(x, x, x, key_padding_mask=padding, need_weights=False)
+    real = ~padding
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got[real], full[real], atol=1e-3)
+
+
+def test_need_weights_averages_like_mha():
+    x, padding = _inputs()
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(EMBED, HEADS, batch_first=True).eval()
+    layer = attnreg.nn.from_multihead(mha, Pattern())
+    with torch.no_grad():
+        out, weights = layer(x, x, x, key_padding_mask=padding)
+        ref_out, ref_weights = mha(x, x, x, key_padding_mask=padding)
+        _, per_head = layer(x, x, x, key_padding_mask=padding, average_attn_weights=False)
+    real = ~padding
+    assert weights.shape == ref_weights.shape and per_head.shape == (BATCH, HEADS, LENGTH, LENGTH)
+    torch.testing.assert_close(weights[real], ref_weights[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[real], ref_out[real], atol=1e-5, rtol=1e-5)
+
+
+def test_sequence_first_module_is_supported():
+    x, padding = _inputs()
+    model = _encoder(batch_first=False)
+    xt = x.transpose(0, 1)
+    with torch.no_grad():
+        expected = model(xt, src_key_padding_mask=padding)
+        got = attnreg.swap(model, Pattern())(xt, src_key_padding_mask=padding)
+    real = (~padding).T
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
+def test_causal_mask_accepted_with_causal_pattern():
+    x, _ = _inputs()
+    model = _encoder()
+    mask = nn.Transformer.generate_square_subsequent_mask(LENGTH)
+    with torch.no_grad():
+        expected = model(x, mask=mask, is_causal=True)
+        got = attnreg.swap(model, Pattern(window=Window.causal(None)))(x, mask=mask, is_causal=True)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_selected_globals_with_own_projections_run():
+    x, padding = _inputs()
+    pattern = Pattern(window=Window(1, 1), selected_globals=SelectedGlobals(own_projections=True))
+    layer = PatternAttention(EMBED, HEADS, pattern).eval()
+    global_mask = torch.zeros(BATCH, LENGTH, dtype=torch.bool)
+    global_mask[0, 0] = global_mask[1, 4] = True
+    with torch.no_grad():
+        fast, _ = layer(x, x, x, key_padding_mask=padding, need_weights=False, global_mask=global_mask)
+        dense, weights = layer(x, x, x, key_padding_mask=padding, global_mask=global_mask)
+    torch.testing.assert_close(fast, dense)
+    assert bool((weights[0, 5, 0] > 0).all()) and bool((weights[1, :8, 4] > 0).all())
+    assert layer.global_in_proj_weight is not None
+
+
+def test_pattern_parts_add_their_parameters():
+    pattern = Pattern(
+        window=Window(2, 2),
+        aggregated_globals=attnreg.AggregatedGlobals(4),
+        bias=attnreg.RelativePositionBias(8, 16),
+        aggregated_bias=attnreg.RelativePositionBias(8, 16),
+    )
+    layer = PatternAttention(EMBED, HEADS, pattern)
+    names = {name for name, _ in layer.named_parameters()}
+    assert {"relative_attention_bias", "aggregated_attention_bias", "aggregated_norm.weight"} <= names
+    x, padding = _inputs()
+    out, _ = layer(x, x, x, key_padding_mask=padding, need_weights=False)
+    out.sum().backward()
+    assert layer.relative_attention_bias.grad is not None and torch.isfinite(out).all()
+
+
+def test_swap_by_registered_name_rejects_params_with_pattern_object():
+    with pytest.raises(PatternError, match="pattern_params"):
+        attnreg.swap(_encoder(), Pattern(), window=3)
+
+
+@pytest.mark.parametrize(
+    ("mha", "message"),
+    [
+        (nn.MultiheadAttention(EMBED, HEADS, kdim=8, vdim=8, batch_first=True), "cross-attention"),
+        (nn.MultiheadAttention(EMBED, HEADS, add_bias_kv=True, batch_first=True), "add_bias_kv"),
+        (nn.MultiheadAttention(EMBED, HEADS, add_zero_attn=True, batch_first=True), "add_zero_attn"),
+    ],
+    ids=["kdim", "bias_kv", "zero_attn"],
+)
+def test_unswappable_modules_are_refused(mha, message):
+    with pytest.raises(PatternError, match=message):
+        attnreg.swap(nn.Sequential(mha), Pattern())
+
+
+def test_cross_attention_call_is_refused():
+    layer = PatternAttention(EMBED, HEADS, Pattern())
+    x, _ = _inputs()
+    with pytest.raises(PatternError, match="self-attention"):
+        layer(x, x.clone(), x.clone())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"attn_mask": torch.zeros(LENGTH, LENGTH, dtype=torch.bool)}, "not causal"),
+        ({"is_causal": True, "attn_mask": None}, "not causal"),
+    ],
+    ids=["any-mask", "causal-hint"],
+)
+def test_masks_that_conflict_with_a_bidirectional_pattern_are_refused(kwargs, message):
+    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window(2, 2)))
+    x, _ = _inputs()
+    with pytest.raises(PatternError, match=message):
+        layer(x, x, x, need_weights=False, **kwargs)
+
+
+def test_non_causal_attn_mask_with_causal_pattern_is_refused():
+    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window.causal(2)))
+    x, _ = _inputs()
+    mask = torch.zeros(LENGTH, LENGTH, dtype=torch.bool)
+    mask[0, 1] = True
+    with pytest.raises(PatternError, match="plain causal mask"):
+        layer(x, x, x, attn_mask=mask, need_weights=False)
+
+
+def test_float_padding_mask_with_biases_is_refused():
+    layer = PatternAttention(EMBED, HEADS, Pattern())
+    x, _ = _inputs()
+    with pytest.raises(PatternError, match="0 and -inf"):
+        layer(x, x, x, key_padding_mask=torch.full((BATCH, LENGTH), 0.5), need_weights=False)
+
+
+def test_training_with_attention_dropout_is_refused_unless_overridden():
+    model = _encoder()
+    model.layers[0].self_attn.dropout = 0.1
+    attnreg.swap(model, Pattern()).train()
+    x, _ = _inputs()
+    with pytest.raises(PatternError, match="dropout"):
+        model(x)
+    attnreg.swap(_encoder(), Pattern(), dropout=0.0).train()(x)
+
+
+def test_backend_attribute_is_passed_on():
+    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window(1, 1)))
+    layer.attnreg_backend = "no-such-engine"
+    x, _ = _inputs()
+    with pytest.raises(attnreg.BackendUnavailableError, match="no-such-engine"):
+        layer(x, x, x, need_weights=False)
