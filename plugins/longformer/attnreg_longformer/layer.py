@@ -1,0 +1,144 @@
+"""``LongformerSelfAttention``: a drop-in for transformers' layer of that name that runs on attnreg's engines.
+
+Same constructor ``(config, layer_id)``, parameters, forward arguments and return values; any sequence
+length (no multiple of the window needed); padded rows are zeros and never NaN in any precision.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+import attnreg
+from attnreg._validation import require
+from attnreg_longformer.masks import layer_masks
+from attnreg_longformer.pattern import layer_pattern
+from attnreg_longformer.probs import transformers_probs
+
+Projections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class LongformerSelfAttention(nn.Module):
+    """Sliding-window + symmetric global self-attention with transformers' Longformer interface.
+
+    Global rows use ``query_global``/``key_global``/``value_global`` over every real token; the global projections
+    are skipped when the encoder says no example has a global token (``is_global_attn=False``).
+    """
+
+    #: The attnreg engine to use (``None``: the dispatcher picks the cheapest that supports the call).
+    attnreg_backend: str | None = None
+
+    def __init__(self, config, layer_id: int) -> None:
+        super().__init__()
+        require(
+            config.hidden_size % config.num_attention_heads == 0,
+            "config.hidden_size",
+            config.hidden_size,
+            f"expected a multiple of config.num_attention_heads={config.num_attention_heads}",
+        )
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.embed_dim = config.hidden_size
+        self.query = nn.Linear(config.hidden_size, self.embed_dim)
+        self.key = nn.Linear(config.hidden_size, self.embed_dim)
+        self.value = nn.Linear(config.hidden_size, self.embed_dim)
+        self.query_global = nn.Linear(config.hidden_size, self.embed_dim)
+        self.key_global = nn.Linear(config.hidden_size, self.embed_dim)
+        self.value_global = nn.Linear(config.hidden_size, self.embed_dim)
+        self.dropout = config.attention_probs_dropout_prob
+        self.layer_id = layer_id
+        self.pattern = layer_pattern(config.attention_window, layer_id)
+        self.one_sided_attn_window_size = self.pattern.window.left
+        self.config = config
+        self.attnreg_backend = None
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        is_index_masked: torch.Tensor | None = None,
+        is_index_global_attn: torch.Tensor | None = None,
+        is_global_attn: bool | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """``(output,)``, plus local and (with global tokens) global probabilities with ``output_attentions``.
+
+        ``attention_mask`` is transformers' layer mask ``(batch, length)``: negative padding, 0 local, positive global.
+        """
+        require(
+            isinstance(hidden_states, torch.Tensor)
+            and hidden_states.dim() == 3
+            and hidden_states.shape[-1] == self.embed_dim,
+            "hidden_states.shape",
+            tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else hidden_states,
+            f"expected (batch, length, {self.embed_dim})",
+        )
+        batch, length, _ = hidden_states.shape
+        masks = layer_masks((batch, length), attention_mask, is_index_masked, is_index_global_attn, is_global_attn)
+        q, k, v = self._project(hidden_states, (self.query, self.key, self.value))
+        global_qkv = None
+        if masks.global_mask is not None:
+            global_qkv = self._project(hidden_states, (self.query_global, self.key_global, self.value_global))
+        inputs = {"attention_mask": masks.real, "global_mask": masks.global_mask, "global_qkv": global_qkv}
+
+        drop = self.training and self.dropout > 0
+        if not (output_attentions or drop):
+            out = attnreg.attention(q, k, v, self.pattern, **inputs, backend=self.attnreg_backend)
+            return (self._merge_heads(out),)
+
+        out, weights = attnreg.attention_weights(q, k, v, self.pattern, **inputs)
+        if drop:
+            weights, out = _dropped(weights, self.dropout, v, masks.global_mask, global_qkv)
+        outputs = (self._merge_heads(out),)
+        if output_attentions:
+            local, global_ = transformers_probs(weights, masks.global_mask, self.one_sided_attn_window_size)
+            outputs += (local,)
+            has_globals = bool(is_global_attn) if is_global_attn is not None else masks.global_mask is not None
+            if has_globals and masks.global_mask is not None:
+                outputs += (global_,)
+        return outputs
+
+    def _project(self, hidden_states: torch.Tensor, linears: tuple[nn.Linear, nn.Linear, nn.Linear]) -> Projections:
+        """Three projections as one matmul, split into ``(batch, heads, length, head_dim)`` views."""
+        weight = torch.cat([linear.weight for linear in linears])
+        bias = torch.cat([linear.bias for linear in linears])
+        batch, length, _ = hidden_states.shape
+        fused = nn.functional.linear(hidden_states, weight, bias)
+        fused = fused.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return fused[0], fused[1], fused[2]
+
+    def _merge_heads(self, out: torch.Tensor) -> torch.Tensor:
+        batch, _, length, _ = out.shape
+        return out.transpose(1, 2).reshape(batch, length, self.embed_dim)
+
+
+def _dropped(
+    weights: torch.Tensor,
+    p: float,
+    v: torch.Tensor,
+    global_mask: torch.Tensor | None,
+    global_qkv: Projections | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention-probability dropout, as transformers applies it in training; needs the dense weights (O(length²))."""
+    _warn_dense_dropout(p)
+    weights = nn.functional.dropout(weights, p=p, training=True)
+    out = weights @ v
+    if global_qkv is not None:
+        out = torch.where(global_mask[:, None, :, None], weights @ global_qkv[2], out)
+    return weights, out
+
+
+_warned = False
+
+
+def _warn_dense_dropout(p: float) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            f"attention_probs_dropout_prob={p} in training runs Longformer attention densely (O(length^2)) to drop "
+            "probabilities exactly as transformers does; set it to 0.0 to train on attnreg's linear engines",
+            stacklevel=3,
+        )

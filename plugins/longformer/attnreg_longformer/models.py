@@ -1,0 +1,131 @@
+"""``attnreg.build("longformer", ...)``: transformers' Longformer models with every self-attention layer attnreg's.
+
+The model is the transformers class the checkpoint names (``config.architectures``) or ``head`` asks for, so
+state-dict keys, forward arguments (``global_attention_mask`` included), outputs and ``save_pretrained`` are
+transformers' own; only ``LongformerSelfAttention`` is replaced, keeping its weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import transformers
+from transformers import LongformerConfig
+from transformers.models.longformer import modeling_longformer
+
+from attnreg import PatternError
+from attnreg._validation import reject_unknown, require
+from attnreg_longformer.layer import LongformerSelfAttention
+
+#: Short head names and the transformers classes they stand for.
+HEADS: dict[str, str] = {
+    "base": "LongformerModel",
+    "masked-lm": "LongformerForMaskedLM",
+    "sequence-classification": "LongformerForSequenceClassification",
+    "question-answering": "LongformerForQuestionAnswering",
+    "token-classification": "LongformerForTokenClassification",
+    "multiple-choice": "LongformerForMultipleChoice",
+}
+
+#: ``allenai/longformer-base-4096``'s sizes: the paper's base model.
+BASE_CONFIG: dict[str, Any] = {
+    "vocab_size": 50265,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 4098,
+    "type_vocab_size": 1,
+    "layer_norm_eps": 1e-5,
+    "attention_window": 512,
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "sep_token_id": 2,
+}
+
+
+def head_class(head: str) -> type[transformers.PreTrainedModel]:
+    """The transformers class for a short head name (``"masked-lm"``) or a class name (``"LongformerForMaskedLM"``)."""
+    name = HEADS.get(head, head)
+    require(
+        isinstance(head, str) and name in HEADS.values(),
+        "head",
+        head,
+        f"expected one of {', '.join(HEADS)} or {', '.join(HEADS.values())}",
+    )
+    return getattr(transformers, name)
+
+
+def make_config(config: LongformerConfig | dict[str, Any] | None, overrides: dict[str, Any]) -> LongformerConfig:
+    """A ``LongformerConfig`` from a config, a dict or ``None`` (base size), with ``overrides`` applied and checked."""
+    if config is None:
+        config = LongformerConfig(**BASE_CONFIG)
+    elif isinstance(config, dict):
+        reject_unknown("config", config, LongformerConfig().to_dict())
+        config = LongformerConfig(**config)
+    else:
+        require(
+            isinstance(config, LongformerConfig),
+            "config",
+            type(config).__name__,
+            "expected a LongformerConfig, a dict or None",
+        )
+        config = LongformerConfig(**config.to_dict())
+    reject_unknown("attnreg.build('longformer') overrides", overrides, LongformerConfig().to_dict())
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def use_attnreg_attention(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace every transformers ``LongformerSelfAttention`` in ``model`` by attnreg's, keeping its weights."""
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, modeling_longformer.LongformerSelfAttention):
+                setattr(parent, name, from_transformers(child))
+                replaced += 1
+    if replaced == 0 and not any(isinstance(m, LongformerSelfAttention) for m in model.modules()):
+        raise PatternError(f"model={type(model).__name__} is not allowed: it has no LongformerSelfAttention layer")
+    return model
+
+
+def from_transformers(layer: torch.nn.Module) -> LongformerSelfAttention:
+    """attnreg's layer sharing the parameters (and train/eval mode) of a transformers ``LongformerSelfAttention``."""
+    with torch.device("meta"):
+        new = LongformerSelfAttention(layer.config, layer.layer_id)
+    for name in ("query", "key", "value", "query_global", "key_global", "value_global"):
+        setattr(new, name, getattr(layer, name))
+    new.dropout = layer.dropout
+    return new.train(layer.training)
+
+
+def build_longformer(
+    config: LongformerConfig | dict[str, Any] | None = None,
+    *,
+    pretrained: str | None = None,
+    head: str | None = None,
+    **overrides: Any,
+) -> torch.nn.Module:
+    """A transformers Longformer model (``head`` or the checkpoint's architecture) running attnreg's attention.
+
+    ``pretrained``: a folder written by ``save_pretrained`` or a hub id; ``config``: a ``LongformerConfig``, a dict
+    or ``None`` (base size); ``overrides``: config fields (``num_labels=3``, ``attention_window=[256, 512]``).
+    """
+    if pretrained is not None:
+        require(config is None, "config", type(config).__name__, "give config or pretrained, not both")
+        loaded = LongformerConfig.from_pretrained(pretrained)
+        cls = head_class(head or _architecture(loaded))
+        model = cls.from_pretrained(pretrained, config=make_config(loaded, overrides))
+    else:
+        config = make_config(config, overrides)
+        cls = head_class(head or _architecture(config))
+        model = cls(config)
+    return use_attnreg_attention(model)
+
+
+def _architecture(config: LongformerConfig) -> str:
+    architectures = config.architectures or ["LongformerModel"]
+    return architectures[0]
