@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from attnreg.execution.dense_sdpa import DenseSdpaEngine
 from attnreg.execution.reference import ReferenceEngine
 from attnreg.registry.hookspecs import hookimpl
 from attnreg.registry.registry import PluginRegistrar
@@ -9,5 +10,6 @@ from attnreg.registry.registry import PluginRegistrar
 
 @hookimpl
 def attnreg_add_engines(registry: PluginRegistrar) -> None:
-    """The dense reference engine."""
+    """The dense reference engine and the engines of the core."""
     registry.add_engine(ReferenceEngine())
+    registry.add_engine(DenseSdpaEngine())
