@@ -1,0 +1,83 @@
+"""The dense SDPA engine: the mask and bias materialised as one 4-D tensor for ``scaled_dot_product_attention``.
+
+Why: plain dense attention is what short sequences should run on (one fused kernel beats any blocking below a
+few hundred tokens) and what the benchmarks compare the sparse engines against. O(n²) in time and memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from attnreg.execution.call import AttentionCall
+from attnreg.execution.engine import Engine
+from attnreg.pattern.dense import DenseLayout
+
+#: Effective throughput of SDPA's fused kernels (FLOP/s), and of building the dense mask (elements/s).
+_FLOPS = {"cpu": 80e9, "cuda": 2e13}
+_MASK_ELEMENTS = {"cpu": 4e8, "cuda": 1e11}
+_GRAD_FACTOR = 3.0
+_OVERHEAD_S = 40e-6
+
+
+def dense_mask(call: AttentionCall, layout: DenseLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SDPA mask ``(batch, 1 or heads, length, length + count)`` and the ``(batch, 1, length, 1)`` empty rows.
+
+    A row with no allowed key (a padded query) is given its own key so SDPA stays finite; the caller zeroes it.
+    The mask is bool without a bias, and the bias with ``-inf`` outside the pattern (in the inputs' dtype) with one.
+    """
+    allowed = layout.allowed
+    empty = ~allowed.any(dim=-1, keepdim=True)
+    rows = torch.arange(call.length, device=call.device)
+    cols = torch.arange(allowed.shape[-1], device=call.device)
+    allowed = allowed | (empty & (rows[:, None] == cols[None, :]))
+    allowed = allowed[:, None]
+    if call.bias_weight is None and call.aggregated_bias_weight is None:
+        return allowed, empty[:, None]
+    bias = layout.bias(call.bias_weight, call.aggregated_bias_weight, call.heads)
+    return bias.masked_fill(~allowed, float("-inf")).to(call.dtype), empty[:, None]
+
+
+def _keys(call: AttentionCall, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if call.aggregated_k is None:
+        return k, v
+    return torch.cat([k, call.aggregated_k], dim=2), torch.cat([v, call.aggregated_v], dim=2)
+
+
+def dense_sdpa_attention(call: AttentionCall) -> torch.Tensor:
+    """The output ``(batch, heads, length, head_dim)`` of ``call`` by dense SDPA (a second call for global rows)."""
+    layout = call.pattern.materialize(call.length, call.attention_mask, call.global_mask)
+    mask, empty = dense_mask(call, layout)
+    k, v = _keys(call, call.k, call.v)
+    out = F.scaled_dot_product_attention(call.q, k, v, attn_mask=mask, scale=call.scale)
+    if call.has_global_projections:
+        gk, gv = _keys(call, call.global_k, call.global_v)
+        global_out = F.scaled_dot_product_attention(call.global_q, gk, gv, attn_mask=mask, scale=call.scale)
+        out = torch.where(layout.global_rows[:, None, :, None], global_out, out)
+    return out.masked_fill(empty, 0.0)
+
+
+class DenseSdpaEngine(Engine):
+    """Plain dense ``scaled_dot_product_attention`` with the materialised mask: exact, fast on short sequences."""
+
+    name = "dense-sdpa"
+    description = "dense 4-D mask + bias into torch's scaled_dot_product_attention; O(n^2), best for short inputs"
+
+    def unsupported_reasons(self, call: AttentionCall) -> list[str]:
+        return []
+
+    def estimated_cost(self, call: AttentionCall) -> float:
+        device = "cuda" if call.device.type == "cuda" else "cpu"
+        keys = call.length + call.count
+        passes = 2 if call.has_global_projections else 1
+        flops = passes * 4 * call.batch * call.heads * call.length * keys * call.head_dim
+        has_bias = call.bias_weight is not None or call.aggregated_bias_weight is not None
+        mask_elements = call.batch * (call.heads if has_bias else 1) * call.length * keys
+        seconds = flops / _FLOPS[device] + mask_elements / _MASK_ELEMENTS[device]
+        if call.requires_grad:
+            # A mask that requires grad (a learned bias) sends SDPA to its math kernel, forward and backward.
+            seconds *= _GRAD_FACTOR * (2.0 if has_bias else 1.0)
+        return seconds + _OVERHEAD_S
+
+    def __call__(self, call: AttentionCall) -> torch.Tensor:
+        return dense_sdpa_attention(call)
