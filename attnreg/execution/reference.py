@@ -19,7 +19,7 @@ def softmax_rows(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
 
 def reference_weights(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention weights ``(batch, heads, length, length + count)`` and the output, both from the dense layout."""
-    layout = call.pattern.materialize(call.length, call.attention_mask, call.global_mask)
+    layout = call.pattern.materialize(call.length, call.attention_mask, call.global_mask, device=call.device)
     compute = torch.promote_types(call.dtype, torch.float32)  # softmax in fp32 (fp64 stays fp64)
     bias = None
     if call.bias_weight is not None or call.aggregated_bias_weight is not None:

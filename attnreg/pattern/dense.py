@@ -47,17 +47,24 @@ class DenseLayout:
         aggregated_bias_weight: torch.Tensor | None = None,
         num_heads: int = 1,
     ) -> torch.Tensor:
-        """The additive bias ``(batch, heads, length, length + count)`` in fp32 from the tables (zeros if none)."""
+        """The additive bias ``(batch, heads, length, length + count)`` from the tables (zeros if none).
+
+        In fp32, or fp64 when a table is fp64 (so that float64 checks such as ``gradcheck`` stay exact).
+        """
         batch, length = self.global_rows.shape
         heads = _heads(bias_weight, aggregated_bias_weight, num_heads)
         device = self.allowed.device
-        token_bias = torch.zeros(batch, heads, length, length, device=device)
-        aggregated_bias = torch.zeros(batch, heads, length, self.count, device=device)
+        dtype = torch.float32
+        for weight in (bias_weight, aggregated_bias_weight):
+            if weight is not None:
+                dtype = torch.promote_types(dtype, weight.dtype)
+        token_bias = torch.zeros(batch, heads, length, length, device=device, dtype=dtype)
+        aggregated_bias = torch.zeros(batch, heads, length, self.count, device=device, dtype=dtype)
         if self.pattern.bias is not None and bias_weight is not None:
-            token_bias = token_bias + self.pattern.bias.lookup(bias_weight.float(), self.relative_position)
+            token_bias = token_bias + self.pattern.bias.lookup(bias_weight.to(dtype), self.relative_position)
         if self.pattern.aggregated_bias is not None and aggregated_bias_weight is not None:
             looked_up = self.pattern.aggregated_bias.lookup(
-                aggregated_bias_weight.float(), self.aggregated_relative_position
+                aggregated_bias_weight.to(dtype), self.aggregated_relative_position
             )
             aggregated_bias = aggregated_bias + looked_up.movedim(0, 1)
         return torch.cat([token_bias, aggregated_bias], dim=-1)
@@ -76,14 +83,18 @@ def materialize(
     *,
     attention_mask: torch.Tensor | None = None,
     global_mask: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
 ) -> DenseLayout:
-    """Spell ``pattern`` out densely for ``length`` tokens, a ``(batch, length)`` attention mask and global mask."""
+    """Spell ``pattern`` out densely for ``length`` tokens, a ``(batch, length)`` attention mask and global mask.
+
+    Without masks the layout is built on ``device`` (default: the CPU); with masks, on theirs.
+    """
     require(isinstance(length, int) and length >= 1, "length", length, "expected an int >= 1")
-    real = _mask("attention_mask", attention_mask, length, default=True, other=global_mask)
+    real = _mask("attention_mask", attention_mask, length, default=True, other=global_mask, device=device)
     device = real.device
-    globals_ = _mask("global_mask", global_mask, length, default=False, other=real)
+    globals_ = _mask("global_mask", global_mask, length, default=False, other=real, device=device)
     require(
-        pattern.selected_globals is not None or not bool(globals_.any()),
+        pattern.selected_globals is not None or global_mask is None or not bool(globals_.any()),
         "global_mask",
         "a mask with global tokens",
         "this pattern has no selected_globals; pass no global_mask",
@@ -121,12 +132,18 @@ def materialize(
 
 
 def _mask(
-    name: str, mask: torch.Tensor | None, length: int, *, default: bool, other: torch.Tensor | None
+    name: str,
+    mask: torch.Tensor | None,
+    length: int,
+    *,
+    default: bool,
+    other: torch.Tensor | None,
+    device: torch.device | str | None,
 ) -> torch.Tensor:
     """A ``(batch, length)`` bool mask; a missing one is filled with ``default`` at the other mask's batch size."""
     if mask is None:
         batch = 1 if other is None else other.shape[0]
-        device = None if other is None else other.device
+        device = device if other is None else other.device
         return torch.full((batch, length), default, dtype=torch.bool, device=device)
     require(
         isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] == length,

@@ -102,11 +102,16 @@ class Pattern:
         length: int,
         attention_mask: torch.Tensor | None = None,
         global_mask: torch.Tensor | None = None,
+        *,
+        device: torch.device | str | None = None,
     ):  # -> DenseLayout; imported lazily to keep the spec free of the dense code
-        """The dense ground truth at ``length``: allowed matrix, bias positions, aggregation. O(length²): tests only."""
+        """The dense ground truth at ``length``: allowed matrix, bias positions, aggregation. O(length²): tests only.
+
+        Without masks the layout is built on ``device`` (default: the CPU); with masks, on theirs.
+        """
         from attnreg.pattern.dense import materialize
 
-        return materialize(self, length, attention_mask=attention_mask, global_mask=global_mask)
+        return materialize(self, length, attention_mask=attention_mask, global_mask=global_mask, device=device)
 
     def cost(self, length: int, *, num_globals: int = 0, head_dim: int = 64, num_heads: int = 1) -> Cost:
         """Allowed query-key pairs, FLOPs (``q @ k^T`` and ``p @ v``) and density at ``length``, no padding.
