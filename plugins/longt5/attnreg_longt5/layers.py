@@ -1,0 +1,213 @@
+"""Drop-in replacements for transformers' ``LongT5LocalAttention`` and ``LongT5TransientGlobalAttention``.
+
+Same constructor, parameters, forward signature and return values; the attention itself is ``attnreg.attention``
+(the dispatcher picks the engine; ``attnreg_backend`` pins one). The ``position_bias`` a layer returns is a
+:class:`SharedPositionBias` holding the first layer's ``(num_buckets, heads)`` tables, so later layers reuse them
+without a tensor that grows with the sequence.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.models.longt5 import modeling_longt5
+
+import attnreg
+from attnreg._validation import require
+from attnreg_longt5.blocked import from_blocked, to_blocked
+from attnreg_longt5.patterns import longt5_local, longt5_tglobal
+
+
+@dataclass(frozen=True)
+class SharedPositionBias:
+    """The relative-position tables of a stack's first layer, passed on to the later layers as ``position_bias``.
+
+    LongT5 computes its bias once per stack. Carrying the learned tables rather than a blocked bias tensor keeps it
+    independent of the length and lets every layer's engine add the bias inside its own kernel.
+    """
+
+    bias_weight: torch.Tensor
+    aggregated_bias_weight: torch.Tensor | None = None
+
+    def to(self, *args: Any, **kwargs: Any) -> SharedPositionBias:
+        """The same tables moved like ``Tensor.to`` (for device-placement hooks that move every argument)."""
+        aggregated = self.aggregated_bias_weight
+        return SharedPositionBias(
+            self.bias_weight.to(*args, **kwargs), None if aggregated is None else aggregated.to(*args, **kwargs)
+        )
+
+
+def token_mask(mask: torch.Tensor | None, hidden_states: torch.Tensor, block_len: int) -> torch.Tensor | None:
+    """The ``(batch, length)`` bool mask (True = real token) from what a LongT5 attention layer receives.
+
+    transformers passes a ``(batch, length)`` 0/1 mask to Transient-Global layers and the blocked
+    ``(batch, 1, blocks, block_len, 3 * block_len)`` local mask to local layers; a token's own entry in its block is
+    its padding flag.
+    """
+    if mask is None:
+        return None
+    batch, length = hidden_states.shape[:2]
+    blocks = -(-length // block_len)
+    require(isinstance(mask, torch.Tensor), "mask", type(mask).__name__, "expected a tensor or None")
+    if mask.dim() == 5:
+        require(
+            tuple(mask.shape) == (batch, 1, blocks, block_len, 3 * block_len),
+            "mask.shape",
+            tuple(mask.shape),
+            f"expected (batch, length) = {(batch, length)} or the blocked local mask "
+            f"{(batch, 1, blocks, block_len, 3 * block_len)}",
+        )
+        own = torch.arange(block_len, device=mask.device)
+        mask = mask[:, 0, :, own, own + block_len].reshape(batch, blocks * block_len)[:, :length]
+    require(
+        mask.dim() == 2 and tuple(mask.shape) == (batch, length),
+        "mask.shape",
+        tuple(mask.shape),
+        f"expected (batch, length) = {(batch, length)} (1 for real tokens, 0 for padding)",
+    )
+    return mask.to(hidden_states.device) != 0
+
+
+class _AttnregLongT5Attention:
+    """What both drop-in layers share: projections to heads, the shared bias, the call into attnreg."""
+
+    attnreg_backend: str | None = None
+    pattern: attnreg.Pattern
+
+    def _init_attnreg(self, layer_idx: int | None, pattern: attnreg.Pattern) -> None:
+        self.layer_idx = layer_idx
+        self.pattern = pattern
+        self.attnreg_backend = None
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        batch = states.shape[0]
+        return states.view(batch, -1, self.n_heads, self.key_value_proj_dim).transpose(1, 2)
+
+    def _shared_bias(self, position_bias: Any, like: torch.Tensor) -> SharedPositionBias:
+        """The tables to use: the ones passed in, this layer's own, or zeros (a layer without a bias table)."""
+        if position_bias is not None:
+            require(
+                isinstance(position_bias, SharedPositionBias),
+                "position_bias",
+                type(position_bias).__name__,
+                "expected None or the SharedPositionBias an attnreg_longt5 layer returned; tensors from "
+                "transformers' own LongT5 layers cannot be mixed with attnreg layers",
+            )
+            return position_bias
+        if self.has_relative_attention_bias:
+            aggregated = getattr(self, "global_relative_attention_bias", None)
+            return SharedPositionBias(
+                self.relative_attention_bias.weight, None if aggregated is None else aggregated.weight
+            )
+        zeros = like.new_zeros(self.relative_attention_num_buckets, self.n_heads)
+        return SharedPositionBias(zeros, zeros if self.pattern.aggregated_globals is not None else None)
+
+    def _attend(
+        self,
+        hidden_states: torch.Tensor,
+        real: torch.Tensor | None,
+        shared: SharedPositionBias,
+        aggregated_kv: tuple[torch.Tensor, torch.Tensor] | None,
+        output_attentions: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The layer's output ``(batch, length, d_model)`` and, on request, the blocked attention weights."""
+        if self.training and self.dropout > 0:
+            _warn_no_attention_dropout()
+        q, k, v = (self._split_heads(proj(hidden_states)) for proj in (self.q, self.k, self.v))
+        inputs: dict[str, Any] = {"attention_mask": real, "bias_weight": shared.bias_weight}
+        if aggregated_kv is not None:
+            inputs.update(aggregated_kv=aggregated_kv, aggregated_bias_weight=shared.aggregated_bias_weight)
+        blocked = None
+        if output_attentions:
+            _, weights = attnreg.attention_weights(q, k, v, self.pattern, **inputs)
+            blocked = to_blocked(weights, self.block_len)
+            values = v if aggregated_kv is None else torch.cat([v, aggregated_kv[1]], dim=2)
+            out = from_blocked(blocked, q.shape[2]) @ values  # the output flows through the returned weights
+        else:
+            out = attnreg.attention(q, k, v, self.pattern, backend=self.attnreg_backend, **inputs)
+        out = out.transpose(1, 2).reshape(hidden_states.shape[0], -1, self.inner_dim)
+        return self.o(out), blocked
+
+
+class LongT5LocalAttention(_AttnregLongT5Attention, modeling_longt5.LongT5LocalAttention):
+    """LongT5 local self-attention (``|i - j| <= local_radius``) run by attnreg; a drop-in for transformers' layer."""
+
+    def __init__(self, config: Any, has_relative_attention_bias: bool = False, layer_idx: int | None = None) -> None:
+        super().__init__(config, has_relative_attention_bias=has_relative_attention_bias)
+        self._init_attnreg(
+            layer_idx,
+            longt5_local(
+                config.local_radius,
+                config.relative_attention_num_buckets,
+                config.relative_attention_max_distance,
+                not config.is_decoder,
+            ),
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        position_bias: SharedPositionBias | None = None,
+        output_attentions: bool = False,
+    ) -> tuple:
+        """``(output, position_bias)``, plus ``(batch, blocks, heads, block_len, 3 * block_len)`` weights on request."""
+        real = token_mask(mask, hidden_states, self.block_len)
+        shared = self._shared_bias(position_bias, hidden_states)
+        output, weights = self._attend(hidden_states, real, shared, None, output_attentions)
+        return (output, shared, weights) if output_attentions else (output, shared)
+
+
+class LongT5TransientGlobalAttention(_AttnregLongT5Attention, modeling_longt5.LongT5TransientGlobalAttention):
+    """LongT5 Transient-Global self-attention run by attnreg; a drop-in for transformers' layer.
+
+    Aggregated tokens are block sums of the hidden states through ``global_input_layer_norm`` and this layer's
+    key/value projections.
+    """
+
+    def __init__(self, config: Any, has_relative_attention_bias: bool = False, layer_idx: int | None = None) -> None:
+        super().__init__(config, has_relative_attention_bias=has_relative_attention_bias)
+        self._init_attnreg(
+            layer_idx,
+            longt5_tglobal(
+                config.local_radius,
+                config.global_block_size,
+                config.relative_attention_num_buckets,
+                config.relative_attention_max_distance,
+                not config.is_decoder,
+            ),
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        position_bias: SharedPositionBias | None = None,
+        output_attentions: bool = False,
+    ) -> tuple:
+        """``(output, position_bias)``, plus ``(batch, blocks, heads, block_len, 3b + count)`` weights on request."""
+        real = token_mask(mask, hidden_states, self.block_len)
+        shared = self._shared_bias(position_bias, hidden_states)
+        everywhere = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
+        aggregated = self.pattern.aggregated_globals.aggregate(hidden_states, everywhere if real is None else real)
+        aggregated = self.global_input_layer_norm(aggregated)
+        aggregated_kv = (self._split_heads(self.k(aggregated)), self._split_heads(self.v(aggregated)))
+        output, weights = self._attend(hidden_states, real, shared, aggregated_kv, output_attentions)
+        return (output, shared, weights) if output_attentions else (output, shared)
+
+
+_warned_dropout = False
+
+
+def _warn_no_attention_dropout() -> None:
+    global _warned_dropout
+    if not _warned_dropout:
+        _warned_dropout = True
+        warnings.warn(
+            "attnreg_longt5: dropout on the attention probabilities (config.dropout_rate) is not applied by attnreg's "
+            "engines; dropout on hidden states still is. Set dropout_rate=0 for exact parity with transformers.",
+            stacklevel=3,
+        )

@@ -1,0 +1,196 @@
+"""Model builders for ``attnreg.build("longt5-local" | "longt5-tglobal", ...)``.
+
+A builder makes (or loads) transformers' own LongT5 model and puts attnreg's drop-in layers in place of its encoder
+self-attention, sharing the weights: state-dict keys, forward arguments, outputs, ``generate()`` and
+``save_pretrained()`` are transformers', so plain transformers reloads what it saves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from transformers import LongT5Config, LongT5EncoderModel, LongT5ForConditionalGeneration
+from transformers.models.longt5 import modeling_longt5
+
+from attnreg._validation import require, require_int
+from attnreg_longt5.layers import LongT5LocalAttention, LongT5TransientGlobalAttention
+
+HEADS: dict[str, type[modeling_longt5.LongT5PreTrainedModel]] = {
+    "conditional-generation": LongT5ForConditionalGeneration,
+    "encoder": LongT5EncoderModel,
+}
+
+ATTENTION_TYPE = {"longt5-local": "local", "longt5-tglobal": "transient-global"}
+
+BASE_CONFIG: dict[str, Any] = {
+    "vocab_size": 32128,
+    "d_model": 768,
+    "d_kv": 64,
+    "d_ff": 2048,
+    "num_layers": 12,
+    "num_decoder_layers": 12,
+    "num_heads": 12,
+    "local_radius": 127,
+    "global_block_size": 16,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "dropout_rate": 0.1,
+    "layer_norm_epsilon": 1e-6,
+    "feed_forward_proj": "gated-gelu",
+    "tie_word_embeddings": False,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
+}
+"""The paper's base size, as ``google/long-t5-tglobal-base`` (``encoder_attention_type`` comes from the name)."""
+
+CONFIG_KEYS = frozenset(
+    [f.name for f in dataclasses.fields(LongT5Config)]
+    + list(LongT5Config.attribute_map)
+    + ["decoder_start_token_id", "output_attentions"]
+)
+"""The names a ``config`` dict or an override may set: ``LongT5Config``'s own fields and aliases."""
+
+_SAVED_ONLY_KEYS = frozenset(["model_type", "transformers_version", "n_positions", "scale_decoder_outputs"])
+
+_LAYERS: dict[str, tuple[str, type[torch.nn.Module]]] = {
+    "local": ("LocalSelfAttention", LongT5LocalAttention),
+    "transient-global": ("TransientGlobalSelfAttention", LongT5TransientGlobalAttention),
+}
+
+
+def builder_for(name: str) -> Callable[..., torch.nn.Module]:
+    """The ``attnreg.build`` builder of ``name`` (``"longt5-local"`` or ``"longt5-tglobal"``)."""
+
+    def build(
+        config: LongT5Config | Mapping[str, Any] | None = None,
+        *,
+        pretrained: str | None = None,
+        head: str = "conditional-generation",
+        backend: str | None = None,
+        **overrides: Any,
+    ) -> torch.nn.Module:
+        return build_longt5(name, config, pretrained=pretrained, head=head, backend=backend, **overrides)
+
+    build.__doc__ = build_longt5.__doc__
+    build.__name__ = build.__qualname__ = f"build_{name.replace('-', '_')}"
+    return build
+
+
+def build_longt5(
+    name: str,
+    config: LongT5Config | Mapping[str, Any] | None = None,
+    *,
+    pretrained: str | None = None,
+    head: str = "conditional-generation",
+    backend: str | None = None,
+    **overrides: Any,
+) -> torch.nn.Module:
+    """A transformers LongT5 model (``head``: ``"conditional-generation"`` or ``"encoder"``) on attnreg attention.
+
+    ``pretrained``: a folder written by ``save_pretrained`` or a hub id, loaded with ``from_pretrained``;
+    ``config``: a ``LongT5Config``, a dict applied over the base size, or ``None`` for the base size (d_model 768,
+    12 layers, 12 heads). ``overrides`` are ``LongT5Config`` fields (``dtype`` too when loading); ``backend`` pins
+    an attnreg engine. The name sets ``encoder_attention_type``; a config or checkpoint that disagrees is an error.
+    """
+    require(name in ATTENTION_TYPE, "name", name, f"expected one of {sorted(ATTENTION_TYPE)}")
+    require(head in HEADS, "head", head, f"expected one of {sorted(HEADS)}")
+    require(backend is None or isinstance(backend, str), "backend", backend, "expected None or an engine name")
+    _check_keys("overrides", overrides)
+    dtype = overrides.pop("dtype", None)
+    if pretrained is not None:
+        require(
+            isinstance(pretrained, str) or hasattr(pretrained, "__fspath__"),
+            "pretrained",
+            pretrained,
+            "expected a folder written by save_pretrained or a hub id",
+        )
+        loading: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
+        if config is not None:
+            loading["config"] = make_config(name, config, **overrides)
+        else:
+            loading.update(overrides)
+        model = HEADS[head].from_pretrained(pretrained, **loading)
+        _check_attention_type(name, model.config.encoder_attention_type, f"the checkpoint {pretrained!r}")
+    else:
+        model = HEADS[head](make_config(name, config, **overrides))
+        if dtype is not None:
+            model = model.to(dtype)
+    return use_attnreg_attention(model, backend=backend)
+
+
+def make_config(name: str, config: LongT5Config | Mapping[str, Any] | None = None, **overrides: Any) -> LongT5Config:
+    """The ``LongT5Config`` for ``name`` from a config, a dict over the base size, or nothing, plus ``overrides``."""
+    attention_type = ATTENTION_TYPE[name]
+    _check_keys("overrides", overrides)
+    if isinstance(config, LongT5Config):
+        _check_attention_type(name, config.encoder_attention_type, "config")
+        return LongT5Config.from_dict({**config.to_dict(), **overrides})
+    require(
+        config is None or isinstance(config, Mapping),
+        "config",
+        type(config).__name__,
+        "expected a transformers LongT5Config, a dict of its fields, or None (the base size)",
+    )
+    given = dict(config or {})
+    _check_keys("config", {k: v for k, v in given.items() if k not in _SAVED_ONLY_KEYS})
+    given.pop("model_type", None)
+    if "encoder_attention_type" in given:
+        _check_attention_type(name, given["encoder_attention_type"], "config['encoder_attention_type']")
+    merged = {**BASE_CONFIG, **given, **overrides, "encoder_attention_type": attention_type}
+    if "num_layers" in {**given, **overrides} and "num_decoder_layers" not in {**given, **overrides}:
+        merged["num_decoder_layers"] = merged["num_layers"]
+    require_int("local_radius", merged["local_radius"], minimum=0)
+    require_int("global_block_size", merged["global_block_size"], minimum=1)
+    return LongT5Config(**merged)
+
+
+def use_attnreg_attention(model: torch.nn.Module, *, backend: str | None = None) -> torch.nn.Module:
+    """Put attnreg's drop-in layers in place of a transformers LongT5 model's encoder self-attention, in place.
+
+    The new layers take over the old ones' submodules, so weights are shared, not copied. Returns ``model``.
+    """
+    encoder = getattr(model, "encoder", None)
+    require(
+        isinstance(encoder, modeling_longt5.LongT5Stack),
+        "model",
+        type(model).__name__,
+        "expected a transformers LongT5 model (LongT5ForConditionalGeneration, LongT5Model or LongT5EncoderModel)",
+    )
+    attribute, layer_class = _LAYERS[encoder.config.encoder_attention_type]
+    for index, block in enumerate(encoder.block):
+        old = getattr(block.layer[0], attribute)
+        if not isinstance(old, layer_class):
+            with torch.device("meta"):
+                new = layer_class(encoder.config, old.has_relative_attention_bias, layer_idx=index)
+            for child_name, child in old.named_children():
+                setattr(new, child_name, child)
+            new.train(old.training)
+            setattr(block.layer[0], attribute, new)
+        getattr(block.layer[0], attribute).attnreg_backend = backend
+    return model
+
+
+def _check_keys(where: str, given: Mapping[str, Any]) -> None:
+    unknown = sorted(set(given) - CONFIG_KEYS)
+    require(
+        not unknown,
+        where,
+        unknown,
+        f"not LongT5Config fields; allowed: {', '.join(sorted(CONFIG_KEYS))}",
+    )
+
+
+def _check_attention_type(name: str, found: str, where: str) -> None:
+    expected = ATTENTION_TYPE[name]
+    other = {v: k for k, v in ATTENTION_TYPE.items()}.get(found)
+    hint = f"; build it with attnreg.build({other!r}, ...)" if other else ""
+    require(
+        found == expected,
+        f"{where}.encoder_attention_type" if where == "config" else f"encoder_attention_type of {where}",
+        found,
+        f"{name!r} needs {expected!r}{hint}",
+    )
