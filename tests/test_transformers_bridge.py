@@ -1,0 +1,201 @@
+"""The transformers bridge: ``attn_implementation="attnreg:NAME"`` runs the pattern, equal to the dense reference.
+
+The expectation is the same model with eager attention and an explicit 4-D mask equal to the pattern's
+materialised allowed matrix; padded positions are left out (attnreg gives zeros there, eager a value).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from attnreg import AggregatedGlobals, Pattern, PatternError, RelativePositionBias, SelectedGlobals, Window  # noqa: E402
+from attnreg.integrations import transformers_bridge as bridge  # noqa: E402
+
+LENGTH = 13
+
+
+def _bert_config(cls):
+    return cls(
+        vocab_size=60,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+
+
+def _llama_config(kv_heads: int = 2):
+    return transformers.LlamaConfig(
+        vocab_size=60,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=64,
+        use_cache=False,
+    )
+
+
+MODELS = {
+    "bert": lambda: (transformers.BertModel, _bert_config(transformers.BertConfig)),
+    "roberta": lambda: (transformers.RobertaModel, _bert_config(transformers.RobertaConfig)),
+    "llama": lambda: (transformers.LlamaModel, _llama_config()),
+    "llama-mha": lambda: (transformers.LlamaModel, _llama_config(kv_heads=4)),
+}
+
+
+@pytest.fixture
+def registered():
+    names = []
+
+    def add(pattern: Pattern, name: str | None = None) -> str:
+        names.append(bridge.register(name or f"attnreg:test-{len(names)}", pattern))
+        return names[-1]
+
+    yield add
+    for name in names:
+        bridge.unregister(name)
+
+
+def _saved(tmp_path, key: str) -> tuple[type, str]:
+    model_cls, config = MODELS[key]()
+    torch.manual_seed(0)
+    model_cls(config).save_pretrained(tmp_path)
+    return model_cls, str(tmp_path)
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    input_ids = torch.randint(3, 60, (2, LENGTH))
+    attention_mask = torch.ones(2, LENGTH, dtype=torch.long)
+    attention_mask[1, -4:] = 0
+    return input_ids, attention_mask
+
+
+def _dense_expected(model_cls, path: str, pattern: Pattern, input_ids, attention_mask) -> torch.Tensor:
+    eager = model_cls.from_pretrained(path, attn_implementation="eager").eval()
+    allowed = pattern.materialize(LENGTH, attention_mask.bool()).allowed[:, None]
+    mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        return eager(input_ids=input_ids, attention_mask=mask).last_hidden_state
+
+
+@pytest.mark.parametrize(
+    ("key", "pattern"),
+    [
+        ("bert", Pattern(window=Window(2, 1))),
+        ("roberta", Pattern(window=Window(1, 3))),
+        ("llama", Pattern(window=Window.causal(3))),
+        ("llama-mha", Pattern(window=Window.causal(None))),
+    ],
+)
+def test_model_runs_the_pattern_like_the_dense_reference(tmp_path, registered, key, pattern):
+    model_cls, path = _saved(tmp_path, key)
+    name = registered(pattern)
+    model = model_cls.from_pretrained(path, attn_implementation=name).eval()
+    assert model.config._attn_implementation == name
+    input_ids, attention_mask = _inputs()
+    with torch.no_grad():
+        got = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        unmasked = model_cls.from_pretrained(path, attn_implementation="eager").eval()(
+            input_ids=input_ids, attention_mask=attention_mask
+        )
+    expected = _dense_expected(model_cls, path, pattern, input_ids, attention_mask)
+    real = attention_mask.bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+    if pattern.window.left is not None:  # a narrow window does change the model
+        assert not torch.allclose(got[real], unmasked.last_hidden_state[real], atol=1e-3)
+
+
+def test_full_pattern_without_padding_equals_sdpa(tmp_path, registered):
+    model_cls, path = _saved(tmp_path, "llama")
+    name = registered(Pattern(window=Window.causal(None)))
+    input_ids, _ = _inputs()
+    with torch.no_grad():
+        got = model_cls.from_pretrained(path, attn_implementation=name).eval()(input_ids=input_ids)
+        expected = model_cls.from_pretrained(path, attn_implementation="sdpa").eval()(input_ids=input_ids)
+    torch.testing.assert_close(got.last_hidden_state, expected.last_hidden_state, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_flow(tmp_path, registered):
+    model_cls, path = _saved(tmp_path, "bert")
+    model = model_cls.from_pretrained(path, attn_implementation=registered(Pattern(window=Window(1, 1))))
+    input_ids, attention_mask = _inputs()
+    model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.sum().backward()
+    grad = model.encoder.layer[0].attention.self.query.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        (Pattern(window=Window(2, 2)), "model is causal"),
+        (Pattern(window=None), "model is causal"),
+        (Pattern(window=Window.causal(2), selected_globals=SelectedGlobals()), "selected global tokens"),
+    ],
+    ids=["bidirectional-window", "full", "globals"],
+)
+def test_decoder_refuses_patterns_that_see_the_future(tmp_path, registered, pattern, message):
+    model_cls, path = _saved(tmp_path, "llama")
+    model = model_cls.from_pretrained(path, attn_implementation=registered(pattern)).eval()
+    with pytest.raises(PatternError, match=message):
+        model(input_ids=_inputs()[0])
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        (Pattern(window=Window(2, 2), selected_globals=SelectedGlobals(own_projections=True)), "global query"),
+        (Pattern(window=Window(2, 2), aggregated_globals=AggregatedGlobals(4)), "aggregated"),
+        (Pattern(window=Window(2, 2), bias=RelativePositionBias(8, 16)), "bias tables"),
+        (Pattern(window=Window(2, 2), scale=1.0), "scale"),
+    ],
+    ids=["global-projections", "aggregated", "bias", "scale"],
+)
+def test_encoder_refuses_patterns_needing_what_it_lacks(tmp_path, registered, pattern, message):
+    model_cls, path = _saved(tmp_path, "bert")
+    model = model_cls.from_pretrained(path, attn_implementation=registered(pattern)).eval()
+    with pytest.raises(PatternError, match=message):
+        model(*_inputs())
+
+
+def test_prepared_4d_mask_is_refused_not_dropped(tmp_path, registered):
+    model_cls, path = _saved(tmp_path, "bert")
+    model = model_cls.from_pretrained(path, attn_implementation=registered(Pattern(window=Window(2, 2)))).eval()
+    input_ids, _ = _inputs()
+    with pytest.raises(PatternError, match="4-D attention mask"):
+        model(input_ids=input_ids, attention_mask=torch.zeros(2, 1, LENGTH, LENGTH))
+
+
+def test_decoding_with_a_cache_is_refused(tmp_path, registered):
+    model_cls, path = _saved(tmp_path, "llama")
+    model = model_cls.from_pretrained(path, attn_implementation=registered(Pattern(window=Window.causal(2)))).eval()
+    input_ids, _ = _inputs()
+    with torch.no_grad():
+        past = model(input_ids=input_ids, use_cache=True).cache
+        with pytest.raises(PatternError, match="cache"):
+            model(input_ids=input_ids[:, :1], cache=past, use_cache=True)
+
+
+def test_register_all_registers_every_default_pattern():
+    from attnreg import list_patterns
+
+    names = bridge.register_all()
+    try:
+        assert set(names) <= {bridge.PREFIX + name for name in list_patterns()}
+        assert all(name in transformers.AttentionInterface() for name in names)
+    finally:
+        for name in names:
+            bridge.unregister(name)
+
+
+def test_register_rejects_hub_kernel_like_names():
+    with pytest.raises(PatternError, match="hub kernel"):
+        bridge.register("org/kernel", Pattern())
