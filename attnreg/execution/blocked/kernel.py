@@ -1,0 +1,183 @@
+"""Blocked softmax attention with a per-block additive bias, as one custom autograd function.
+
+Why custom: SDPA's fused CPU kernel falls back to its slow math kernel when the mask requires grad (a learned
+relative-position bias). Here the forward runs the fused kernel on a detached bias and keeps the log-sum-exp;
+the backward recomputes the scores chunk by chunk and returns the bias gradient with those of q, k and v.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Score elements (batch × heads × blocks × queries × keys) one chunk works on; bounds the working memory.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def key_blocks(keys: torch.Tensor, num_blocks: int, size: int, step: int) -> torch.Tensor:
+    """The ``(batch, heads, num_blocks, size, dim)`` keys of each query block, a view of ``keys`` (no copy).
+
+    Block ``i`` sees ``keys[:, :, i * step : i * step + size]``; ``step == 0`` lets every block share the first
+    ``size`` keys (stride-0 broadcast).
+    """
+    batch, heads, _, dim = keys.shape
+    if step == 0:
+        return keys[:, :, None, :size].expand(batch, heads, num_blocks, size, dim)
+    return keys.unfold(2, size, step).transpose(-1, -2)[:, :, :num_blocks]
+
+
+def additive_mask(bias: torch.Tensor | None, valid: torch.Tensor | None, blocks: slice) -> torch.Tensor | None:
+    """The fp32 additive mask of the blocks in ``blocks``: ``bias`` plus ``-inf`` where ``valid`` is False."""
+    parts = []
+    if bias is not None:
+        parts.append(bias[:, :, blocks] if bias.shape[2] > 1 else bias)
+    if valid is not None:
+        chunk = valid[:, :, blocks] if valid.shape[2] > 1 else valid
+        zero = torch.zeros((), device=chunk.device, dtype=torch.float32 if bias is None else bias.dtype)
+        parts.append(zero.masked_fill(~chunk, float("-inf")).expand(chunk.shape))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+
+def chunk_size(shape: tuple[int, ...]) -> int:
+    """How many query blocks one chunk holds, from ``(batch, heads, blocks, queries, keys)``."""
+    batch, heads, _, queries, keys = shape
+    return max(1, CHUNK_ELEMENTS // max(1, batch * heads * queries * keys))
+
+
+def _flash_ok(q: torch.Tensor) -> bool:
+    return q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _forward_chunk(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output and log-sum-exp of one chunk ``(batch, heads, c, queries, dim)``; fully masked rows give 0 and 0."""
+    if _flash_ok(q):
+        outs, lses = [], []
+        for example in range(q.shape[0]):
+            m = None
+            if mask is not None:
+                m = mask[example if mask.shape[0] > 1 else 0]
+                if m.dtype != q.dtype and q.dtype == torch.float64:
+                    m = m.to(q.dtype)
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q[example], k[example], v[example], attn_mask=m, scale=scale
+            )
+            outs.append(out)
+            lses.append(lse.float())  # the fused kernel returns fp32 (fp64 is not routed here)
+        return torch.stack(outs), torch.stack(lses)
+    compute = torch.promote_types(q.dtype, torch.float32)
+    scores = (q.to(compute) @ k.to(compute).transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores + mask
+    lse = torch.logsumexp(scores, dim=-1)
+    lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    out = torch.exp(scores - lse.unsqueeze(-1)) @ v.to(compute)
+    return out.to(q.dtype), lse
+
+
+def _fold(target: torch.Tensor, grad: torch.Tensor, first: int, step: int) -> None:
+    """Add per-block key gradients ``(batch, heads, c, size, dim)`` of blocks ``first...`` into ``target`` in place."""
+    batch, heads, count, size, dim = grad.shape
+    for piece in range(0, size, step):
+        width = min(step, size - piece)
+        start = first * step + piece
+        region = target[:, :, start : start + count * step].view(batch, heads, count, step, dim)
+        region[:, :, :, :width] += grad[:, :, :, piece : piece + width]
+
+
+def _reduce_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum a broadcast gradient back to ``shape`` (same number of dimensions)."""
+    dims = [d for d, (g, s) in enumerate(zip(grad.shape, shape, strict=True)) if s == 1 and g != 1]
+    return grad.sum(dim=dims, keepdim=True) if dims else grad
+
+
+class BlockedAttention(torch.autograd.Function):
+    """``softmax(q kᵀ · scale + bias + mask) v`` per query block, returning the output and the log-sum-exp.
+
+    ``q``: ``(batch, heads, blocks, queries, dim)``; ``k``/``v``: padded ``(batch, heads, keys, dim)`` laid out by
+    :func:`key_blocks` with ``size`` and ``step``; ``bias``: fp32, 5-D, broadcastable to the scores
+    ``(batch, heads, blocks, queries, size)``; ``valid``: bool, 5-D, broadcastable likewise.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, valid, size, step, scale):
+        batch, heads, blocks, queries, _ = q.shape
+        kb = key_blocks(k, blocks, size, step)
+        vb = key_blocks(v, blocks, size, step)
+        chunk = chunk_size((batch, heads, blocks, queries, size))
+        outs, lses = [], []
+        for first in range(0, blocks, chunk):
+            part = slice(first, min(first + chunk, blocks))
+            mask = additive_mask(None if bias is None else bias.detach(), valid, part)
+            out, lse = _forward_chunk(q[:, :, part], kb[:, :, part], vb[:, :, part], mask, scale)
+            outs.append(out)
+            lses.append(lse)
+        out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+        lse = torch.cat(lses, dim=2) if len(lses) > 1 else lses[0]
+        ctx.save_for_backward(q, k, v, bias, valid, out, lse)
+        ctx.layout = (size, step, scale, chunk)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, bias, valid, out, lse = ctx.saved_tensors
+        size, step, scale, chunk = ctx.layout
+        blocks = q.shape[2]
+        compute = torch.promote_types(q.dtype, torch.float32)
+        kb = key_blocks(k, blocks, size, step)
+        vb = key_blocks(v, blocks, size, step)
+        dq = torch.empty(q.shape, dtype=compute, device=q.device)
+        dk = torch.zeros(k.shape, dtype=compute, device=k.device)
+        dv = torch.zeros(v.shape, dtype=compute, device=v.device)
+        need_bias = bias is not None and ctx.needs_input_grad[3]
+        dbias = torch.zeros(bias.shape, dtype=bias.dtype, device=q.device) if need_bias else None
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        for first in range(0, blocks, chunk):
+            part = slice(first, min(first + chunk, blocks))
+            qc, kc, vc = q[:, :, part].to(compute), kb[:, :, part].to(compute), vb[:, :, part].to(compute)
+            scores = (qc @ kc.transpose(-1, -2)) * scale
+            mask = additive_mask(None if bias is None else bias.detach(), valid, part)
+            if mask is not None:
+                scores = scores + mask
+            probs = torch.exp(scores - lse[:, :, part].unsqueeze(-1).to(compute))
+            grad_c = grad_out[:, :, part].to(compute)
+            delta = (grad_c * out[:, :, part].to(compute)).sum(-1, keepdim=True)
+            if grad_lse is not None:
+                delta = delta - grad_lse[:, :, part].unsqueeze(-1).to(compute)
+            grad_scores = probs * (grad_c @ vc.transpose(-1, -2) - delta)
+            dq[:, :, part] = (grad_scores @ kc) * scale
+            if step == 0:
+                dk[:, :, :size] += torch.einsum("bhcqk,bhcqd->bhkd", grad_scores, qc) * scale
+                dv[:, :, :size] += torch.einsum("bhcqk,bhcqd->bhkd", probs, grad_c)
+            else:
+                _fold(dk, grad_scores.transpose(-1, -2) @ qc * scale, first, step)
+                _fold(dv, probs.transpose(-1, -2) @ grad_c, first, step)
+            if need_bias:
+                shape = (*bias.shape[:2], grad_scores.shape[2], *bias.shape[3:])
+                reduced = _reduce_to(grad_scores.to(bias.dtype), shape)
+                if bias.shape[2] > 1:
+                    dbias[:, :, part] += reduced
+                else:
+                    dbias += reduced.sum(2, keepdim=True)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias, None, None, None, None
+
+
+def blocked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    size: int,
+    step: int,
+    scale: float,
+    bias: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run :class:`BlockedAttention`: output ``(batch, heads, blocks, queries, dim)`` and fp32 log-sum-exp.
+
+    A row with no allowed key gives output 0 and log-sum-exp 0; callers that merge parts must mask it.
+    """
+    return BlockedAttention.apply(q, k, v, bias, valid, size, step, scale)

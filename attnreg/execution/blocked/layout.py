@@ -1,0 +1,61 @@
+"""Block geometry: how a sequence is cut into query blocks, and what the padding to whole blocks costs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+#: Queries per block on the window part; a measured compromise between the fused kernel's efficiency
+#: (larger blocks) and the keys a block computes beyond its queries' windows (smaller blocks).
+DEFAULT_BLOCK = 128
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """``length`` queries cut into ``count`` blocks of ``size`` (the last one padded)."""
+
+    length: int
+    size: int
+
+    @classmethod
+    def for_length(cls, length: int, block: int = DEFAULT_BLOCK) -> Blocks:
+        """Blocks of ``block`` queries, or one block of ``length`` when the sequence is shorter."""
+        return cls(length=length, size=min(block, length))
+
+    @property
+    def count(self) -> int:
+        return math.ceil(self.length / self.size)
+
+    @property
+    def padded(self) -> int:
+        return self.count * self.size
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, heads, length, dim)`` into ``(batch, heads, count, size, dim)``, zero-padding the last block."""
+        batch, heads, _, dim = x.shape
+        return pad_length(x, 0, self.padded - self.length).view(batch, heads, self.count, self.size, dim)
+
+    def join(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo :meth:`split` on ``(batch, heads, count, size, *rest)``: ``(batch, heads, length, *rest)``."""
+        return x.flatten(2, 3)[:, :, : self.length]
+
+    def positions(self, device: torch.device) -> torch.Tensor:
+        """Query positions ``(count, size)`` (padded ones run past ``length``)."""
+        return torch.arange(self.padded, device=device).view(self.count, self.size)
+
+
+def pad_length(x: torch.Tensor, before: int, after: int, value: float | bool = 0) -> torch.Tensor:
+    """Pad dimension 2 of ``(batch, heads, length, dim)`` (or dimension 1 of ``(batch, length)``)."""
+    if before == 0 and after == 0:
+        return x
+    if x.dim() == 2:
+        return F.pad(x, (before, after), value=value)
+    return F.pad(x, (0, 0, before, after), value=value)
+
+
+def table_dtype(weight: torch.Tensor) -> torch.Tensor:
+    """A bias table in the dtype scores are computed in: fp32, or fp64 for fp64 tables."""
+    return weight.to(torch.promote_types(weight.dtype, torch.float32))

@@ -1,0 +1,98 @@
+"""Selected global tokens (Longformer): every query against the global keys, and the global queries against all.
+
+Global tokens are gathered into ``slots`` per example (globals first, in position order); the slot count is the
+largest number of globals in the batch, the one value read back from the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attnreg.execution.blocked.kernel import blocked_attention
+from attnreg.execution.blocked.layout import Blocks, table_dtype
+from attnreg.execution.blocked.merge import Part
+from attnreg.execution.call import AttentionCall
+
+
+@dataclass(frozen=True)
+class Slots:
+    """Where each example's global tokens are.
+
+    ``rows``: ``(batch, length)`` global rows; ``index``: ``(batch, slots)`` positions; ``filled``: slots in use.
+    """
+
+    rows: torch.Tensor
+    index: torch.Tensor
+    filled: torch.Tensor
+
+    @classmethod
+    def gather(cls, global_rows: torch.Tensor) -> Slots:
+        """Slots for the ``(batch, length)`` bool global rows (already restricted to real tokens)."""
+        counts = global_rows.sum(dim=-1)
+        slots = int(counts.max())
+        order = torch.argsort((~global_rows).to(torch.uint8), dim=-1, stable=True)
+        index = order[:, :slots]
+        filled = torch.arange(slots, device=global_rows.device) < counts[:, None]
+        return cls(rows=global_rows, index=index, filled=filled)
+
+    @property
+    def count(self) -> int:
+        return self.index.shape[1]
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """The slot rows ``(batch, heads, slots, dim)`` of ``(batch, heads, length, dim)``."""
+        batch, heads, _, dim = x.shape
+        return x.gather(2, self.index[:, None, :, None].expand(batch, heads, self.count, dim))
+
+    def put(self, rows: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
+        """``into`` ``(batch, heads, length, dim)`` with the global rows replaced by ``rows`` (slot order)."""
+        batch, heads, _, dim = rows.shape
+        index = self.index[:, None, :, None].expand(batch, heads, self.count, dim)
+        scattered = torch.zeros_like(into).scatter(2, index, rows.to(into.dtype))
+        return torch.where(self.rows[:, None, :, None], scattered, into)
+
+
+def _bias(call: AttentionCall, key_positions: torch.Tensor, query_positions: torch.Tensor) -> torch.Tensor | None:
+    """``(batch, heads, *shape)`` fp32 bias of ``key - query`` (broadcast positions), or ``None`` without a bias."""
+    if call.bias_weight is None:
+        return None
+    return call.pattern.bias.lookup(table_dtype(call.bias_weight), key_positions - query_positions).movedim(0, 1)
+
+
+def global_key_part(call: AttentionCall, blocks: Blocks, slots: Slots) -> Part:
+    """Every query against the global tokens' keys (the token projections)."""
+    positions = blocks.positions(call.device)
+    bias = _bias(call, slots.index[:, None, None, :], positions[None, :, :, None])
+    out, lse = blocked_attention(
+        blocks.split(call.q),
+        slots.take(call.k),
+        slots.take(call.v),
+        size=slots.count,
+        step=0,
+        scale=call.scale,
+        bias=bias,
+        valid=slots.filled[:, None, None, None, :],
+    )
+    has_keys = slots.filled.any(dim=-1)[:, None, None]
+    return Part(blocks.join(out), blocks.join(lse), has_keys)
+
+
+def global_query_rows(call: AttentionCall, real: torch.Tensor, slots: Slots) -> torch.Tensor:
+    """The global queries against every real token, ``(batch, heads, slots, dim)``, with their own projections
+    when the call has them."""
+    q, k, v = (call.global_q, call.global_k, call.global_v) if call.has_global_projections else (call.q, call.k, call.v)
+    positions = torch.arange(call.length, device=call.device)
+    bias = _bias(call, positions[None, None, :], slots.index[:, :, None])
+    out, _ = blocked_attention(
+        slots.take(q)[:, :, None],
+        k,
+        v,
+        size=call.length,
+        step=0,
+        scale=call.scale,
+        bias=None if bias is None else bias[:, :, None],
+        valid=real[:, None, None, None, :],
+    )
+    return out[:, :, 0]

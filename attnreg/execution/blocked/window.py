@@ -1,0 +1,58 @@
+"""The window part: each query block against the keys its queries' windows reach, a Toeplitz per-block bias."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from attnreg.execution.blocked.kernel import blocked_attention
+from attnreg.execution.blocked.layout import Blocks, pad_length, table_dtype
+from attnreg.execution.blocked.merge import Part
+from attnreg.execution.call import AttentionCall
+
+
+def window_reach(call: AttentionCall) -> tuple[int, int]:
+    """How far the window reaches ``(left, right)``, unbounded sides capped at the sequence."""
+    window = call.pattern.window
+    length = call.length
+    return (length - 1, length - 1) if window is None else window.span(length)
+
+
+def block_bias(call: AttentionCall, blocks: Blocks, left: int, size: int) -> torch.Tensor | None:
+    """``(1, heads|1, 1, block, size)`` fp32: the relative-position bias of a block's keys plus ``-inf`` outside
+    the window. The same for every block (relative positions depend only on the offsets inside the block)."""
+    device = call.device
+    rel = torch.arange(size, device=device)[None, :] - left - torch.arange(blocks.size, device=device)[:, None]
+    window = call.pattern.window
+    outside = None if window is None else ~window.contains(rel)
+    if call.bias_weight is None:
+        if outside is None:
+            return None
+        return torch.zeros(outside.shape, device=device).masked_fill(outside, float("-inf"))[None, None, None]
+    bias = call.pattern.bias.lookup(table_dtype(call.bias_weight), rel)
+    if outside is not None:
+        bias = bias.masked_fill(outside, float("-inf"))
+    return bias[None, :, None]
+
+
+def window_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor) -> Part:
+    """Every query against the keys of its window that ``keys_ok`` ``(batch, length)`` allows."""
+    left, right = window_reach(call)
+    size = blocks.size + left + right
+    padded_keys = (blocks.count + math.ceil(size / blocks.size) - 1) * blocks.size
+    after = padded_keys - left - call.length
+    k = pad_length(call.k, left, after)
+    v = pad_length(call.v, left, after)
+    valid = pad_length(keys_ok, left, after, value=False).unfold(1, size, blocks.size)[:, : blocks.count]
+    out, lse = blocked_attention(
+        blocks.split(call.q),
+        k,
+        v,
+        size=size,
+        step=blocks.size,
+        scale=call.scale,
+        bias=block_bias(call, blocks, left, size),
+        valid=valid[:, None, :, None],
+    )
+    return Part(blocks.join(out), blocks.join(lse))
