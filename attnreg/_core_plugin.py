@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from attnreg.execution.blocked import BlockedEngine
 from attnreg.execution.dense_sdpa import DenseSdpaEngine
 from attnreg.execution.reference import ReferenceEngine
 from attnreg.registry.hookspecs import hookimpl
@@ -13,3 +14,4 @@ def attnreg_add_engines(registry: PluginRegistrar) -> None:
     """The dense reference engine and the engines of the core."""
     registry.add_engine(ReferenceEngine())
     registry.add_engine(DenseSdpaEngine())
+    registry.add_engine(BlockedEngine())
