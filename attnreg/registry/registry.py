@@ -174,6 +174,7 @@ class Registry:
     patterns: dict[str, PatternEntry] = field(default_factory=dict)
     builders: dict[str, BuilderEntry] = field(default_factory=dict)
     engine_table: dict[str, Engine] = field(default_factory=dict)
+    engine_plugins: dict[str, PluginInfo] = field(default_factory=dict)
     benchmarks: dict[str, BenchmarkEntry] = field(default_factory=dict)
     conflicts: dict[tuple[str, str], Conflict] = field(default_factory=dict)
     strict: bool = False
@@ -280,6 +281,7 @@ class Registry:
         self.patterns = self._table("pattern", [(e.name, e.plugin, e) for r in loaded for e in r.patterns])
         self.builders = self._table("builder", [(e.name, e.plugin, e) for r in loaded for e in r.builders])
         self.engine_table = self._table("engine", [(e.name, r.plugin, e) for r in loaded for e in r.engines])
+        self.engine_plugins = {e.name: r.plugin for r in loaded for e in r.engines if e.name in self.engine_table}
         self.benchmarks = self._table("benchmark", [(e.name, e.plugin, e) for r in loaded for e in r.benchmarks])
 
     def _table(self, kind: str, claims: Iterable[tuple[str, PluginInfo, Any]]) -> dict[str, Any]:

@@ -1,0 +1,65 @@
+"""A registered pattern's parameters as ``--kebab-case`` command-line options, for any command that builds one.
+
+Options come from the factory's signature (``PatternEntry.parameters()``), typed by each default's type; only the
+options given on the command line reach the factory, so its own defaults stay the single source of truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from typing import Any
+
+from attnreg.pattern.spec import Pattern
+from attnreg.registry import get_registry
+
+_DEST_PREFIX = "pattern_param_"
+
+
+def option_name(parameter: str) -> str:
+    """``global_block_size`` -> ``--global-block-size``."""
+    return "--" + parameter.replace("_", "-")
+
+
+def parse_literal(text: str) -> Any:
+    """A value typed on the command line for a parameter without a typed default: int, float, bool, None or str."""
+    lowered = text.strip().lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def add_pattern_options(parser: argparse.ArgumentParser, name: str) -> None:
+    """Add one ``--kebab-case`` option per parameter of pattern ``name`` to ``parser`` (in an argument group)."""
+    entry = get_registry().pattern_entry(name)
+    group = parser.add_argument_group(f"parameters of pattern {name!r}")
+    for parameter, default in entry.parameters().items():
+        kwargs: dict[str, Any] = {"dest": _DEST_PREFIX + parameter, "default": argparse.SUPPRESS}
+        if not isinstance(default, bool):
+            kwargs["metavar"] = parameter.upper()
+        if default is inspect.Parameter.empty:
+            kwargs.update(type=parse_literal, required=True, help="required")
+        elif isinstance(default, bool):
+            kwargs.update(action=argparse.BooleanOptionalAction, help=f"default: {default}")
+        elif isinstance(default, (int, float, str)):
+            kwargs.update(type=type(default), help=f"default: {default!r}")
+        else:
+            kwargs.update(type=parse_literal, help=f"default: {default!r}")
+        group.add_argument(option_name(parameter), **kwargs)
+
+
+def pattern_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The pattern parameters given on the command line (those left out keep the factory's defaults)."""
+    return {key[len(_DEST_PREFIX) :]: value for key, value in vars(args).items() if key.startswith(_DEST_PREFIX)}
+
+
+def pattern_from_args(name: str, args: argparse.Namespace) -> Pattern:
+    """Build pattern ``name`` from the options that :func:`add_pattern_options` added and the user gave."""
+    return get_registry().get_pattern(name, **pattern_params(args))

@@ -1,0 +1,108 @@
+"""``attnreg list``: the registered patterns, builders, engines and benchmarks, failed plugins and conflicts.
+
+A plugin that failed to import or raised in its hook is listed beside the working ones with its traceback
+(shortened unless ``--verbose``), so a broken installation is visible rather than silently missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+
+from attnreg.execution.engine import Engine
+from attnreg.registry import ConflictError, PluginError, Registry, get_registry
+
+TRACEBACK_LINES = 4
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``list`` command."""
+    parser = subparsers.add_parser(
+        "list",
+        help="list patterns, builders, engines and plugins (failed ones included)",
+        description="List what the installed plugins registered, which plugins failed, and name conflicts.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="full tracebacks of failed plugins")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the registry; 1 when it cannot be loaded (strict mode and a plugin failed or two conflict)."""
+    try:
+        registry = get_registry()
+    except (PluginError, ConflictError) as error:
+        print(f"attnreg list: error: {error}", file=sys.stderr)
+        return 1
+    print(render(registry, verbose=args.verbose))
+    return 0
+
+
+def render(registry: Registry, *, verbose: bool = False) -> str:
+    """The registry as text: one section per kind, then failed plugins and conflicts."""
+    sections = [
+        _section(
+            "patterns",
+            ((e.name, e.plugin.name, e.plugin.source, e.description) for e in registry.patterns.values()),
+        ),
+        _section(
+            "builders",
+            ((e.name, e.plugin.name, e.plugin.source, e.description) for e in registry.builders.values()),
+        ),
+        _section("engines", ((name, *_owner(registry, name), e.description) for name, e in _engines(registry))),
+        _section(
+            "benchmarks",
+            ((e.name, e.plugin.name, e.plugin.source, e.description) for e in registry.benchmarks.values()),
+        ),
+        _failures(registry, verbose),
+        _conflicts(registry),
+    ]
+    return "\n\n".join(s for s in sections if s)
+
+
+def _section(title: str, rows: Iterable[tuple[str, str, str, str]]) -> str:
+    rows = sorted(rows)
+    if not rows:
+        return f"{title}: (none)"
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [f"{title}:"]
+    for row in rows:
+        cells = [row[i].ljust(widths[i]) for i in range(3)]
+        lines.append(f"  {cells[0]}  {cells[1]}  {cells[2]}  {row[3]}".rstrip())
+    return "\n".join(lines)
+
+
+def _engines(registry: Registry) -> list[tuple[str, Engine]]:
+    return sorted(registry.engine_table.items())
+
+
+def _owner(registry: Registry, engine_name: str) -> tuple[str, str]:
+    """The plugin that added an engine."""
+    info = registry.engine_plugins.get(engine_name)
+    return (info.name, info.source) if info else ("?", "")
+
+
+def _failures(registry: Registry, verbose: bool) -> str:
+    failed = registry.failures()
+    if not failed:
+        return ""
+    lines = ["failed plugins:"]
+    for info in sorted(failed, key=lambda p: p.name):
+        what, _, trace = (info.error or "").partition("\n")
+        lines.append(f"  {info.name}  {info.source}  {what.rstrip(':')}")
+        trace_lines = trace.rstrip().splitlines()
+        if not verbose and len(trace_lines) > TRACEBACK_LINES:
+            trace_lines = [trace_lines[0], "  ...", *trace_lines[-(TRACEBACK_LINES - 1) :]]
+            trace_lines.append("  (attnreg list --verbose shows the whole traceback)")
+        lines.extend(f"    {line}" for line in trace_lines)
+    return "\n".join(lines)
+
+
+def _conflicts(registry: Registry) -> str:
+    if not registry.conflicts:
+        return ""
+    lines = ["conflicts (names claimed by more than one plugin; nobody gets them):"]
+    for (kind, name), conflict in sorted(registry.conflicts.items()):
+        owners = " and ".join(f"{p.name} ({p.source})" for p in conflict.plugins)
+        lines.append(f"  {kind} {name!r}: {owners}")
+    return "\n".join(lines)
