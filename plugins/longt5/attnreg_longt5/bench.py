@@ -19,7 +19,11 @@ BENCH_CONFIG = {"d_model": 512, "num_heads": 8, "d_kv": 64, "local_radius": 127,
 
 _CLASSES = {
     "longt5-local": ("local", modeling_longt5.LongT5LocalAttention, LongT5LocalAttention),
-    "longt5-tglobal": ("transient-global", modeling_longt5.LongT5TransientGlobalAttention, LongT5TransientGlobalAttention),
+    "longt5-tglobal": (
+        "transient-global",
+        modeling_longt5.LongT5TransientGlobalAttention,
+        LongT5TransientGlobalAttention,
+    ),
 }
 
 
