@@ -5,6 +5,7 @@ from __future__ import annotations
 from attnreg.execution.blocked import BlockedEngine
 from attnreg.execution.dense_sdpa import DenseSdpaEngine
 from attnreg.execution.reference import ReferenceEngine
+from attnreg.execution.xformers_engine import XformersEngine
 from attnreg.registry.hookspecs import hookimpl
 from attnreg.registry.registry import PluginRegistrar
 
@@ -14,4 +15,5 @@ def attnreg_add_engines(registry: PluginRegistrar) -> None:
     """The dense reference engine and the engines of the core."""
     registry.add_engine(ReferenceEngine())
     registry.add_engine(DenseSdpaEngine())
+    registry.add_engine(XformersEngine())
     registry.add_engine(BlockedEngine())
