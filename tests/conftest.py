@@ -1,7 +1,9 @@
-"""Shared fixtures for the core's tests: small plugin distributions on disk and the ``attnreg`` command in a subprocess.
+"""Shared fixtures for the core's tests: real plugin distributions on disk, loaded in-process or by a subprocess.
 
-Real distributions (a package, ``*.dist-info/METADATA`` and ``entry_points.txt``) put on ``PYTHONPATH`` are found by
-``importlib.metadata`` exactly as installed ones are, so the registry is exercised through its real door.
+A distribution written here (modules, ``*.dist-info/METADATA`` and ``entry_points.txt``) and put on the path is
+found by ``importlib.metadata`` exactly as an installed one is, so the registry is exercised through its real door.
+The plugins installed in the environment are switched off (``ATTNREG_DISABLE_PLUGINS``) so that these tests see
+only their own distributions and do not pay for importing the others.
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from attnreg.registry import Registry
 
-def write_distribution(
+
+def _write_distribution(
     site: Path, dist: str, version: str, modules: dict[str, str], entry_points: dict[str, str]
-) -> None:
-    """Write a distribution ``dist`` into ``site``: its modules (name -> source) and its ``attnreg`` entry points."""
+) -> Path:
+    """Write distribution ``dist`` into ``site``: its modules (name -> source) and its ``attnreg`` entry points."""
     site.mkdir(parents=True, exist_ok=True)
     for module, source in modules.items():
         (site / f"{module}.py").write_text(textwrap.dedent(source))
@@ -28,24 +33,64 @@ def write_distribution(
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
     lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
     (info / "entry_points.txt").write_text(f"[attnreg]\n{lines}")
+    return site
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Path:
-    """An empty folder to put plugin distributions in (it goes on the subprocess's ``PYTHONPATH``)."""
-    return tmp_path / "site"
+def installed_plugins() -> list[str]:
+    """Entry-point names of the ``attnreg`` plugins installed in this environment."""
+    return sorted({ep.name for ep in metadata.entry_points(group="attnreg")})
 
 
-@pytest.fixture
-def run_attnreg(site: Path) -> Callable[..., subprocess.CompletedProcess]:
-    """Run ``python -m attnreg ARGS`` (or ``python -c CODE``) with ``site`` on ``PYTHONPATH`` and extra env vars."""
+def disabled_plugins(extra: str = "") -> str:
+    """``ATTNREG_DISABLE_PLUGINS`` that switches off the installed plugins and the ``extra`` ones."""
+    return ",".join(filter(None, [*installed_plugins(), extra]))
 
-    def run(*args: str, code: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("ATTNREG_")}
-        environ["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
-        environ["COLUMNS"] = "200"
-        environ.update(env or {})
+
+def isolated_env(sites: list[Path], env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with only ``sites``' plugins enabled (plus ``env``), no ``ATTNREG_*`` leaking in."""
+    env = dict(env or {})
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ATTNREG_")}
+    environ["PYTHONPATH"] = os.pathsep.join([*map(str, sites), *filter(None, [os.environ.get("PYTHONPATH")])])
+    environ["COLUMNS"] = "200"
+    environ.update(env, ATTNREG_DISABLE_PLUGINS=disabled_plugins(env.get("ATTNREG_DISABLE_PLUGINS", "")))
+    return environ
+
+
+@pytest.fixture(scope="session")
+def write_distribution() -> Callable[..., Path]:
+    """``write_distribution(site, dist, version, {module: source}, {entry_point: target}) -> site``."""
+    return _write_distribution
+
+
+@pytest.fixture(scope="session")
+def run_attnreg() -> Callable[..., subprocess.CompletedProcess]:
+    """Run ``python -m attnreg ARGS`` (or ``python -c CODE``) in a subprocess that sees only ``sites``' plugins."""
+
+    def run(*args: str, sites: list[Path], code: str | None = None, env: dict[str, str] | None = None):
         command = [sys.executable, "-c", textwrap.dedent(code)] if code else [sys.executable, "-m", "attnreg", *args]
-        return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=120)
+        return subprocess.run(command, env=isolated_env(sites, env), capture_output=True, text=True, timeout=300)
 
     return run
+
+
+@pytest.fixture
+def load_registry(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Registry]:
+    """Load a fresh registry in-process from the distributions in ``sites`` only, with extra environment variables."""
+    loaded_sites: list[str] = []
+
+    def load(*sites: Path, env: dict[str, str] | None = None) -> Registry:
+        env = dict(env or {})
+        for name in [n for n in os.environ if n.startswith("ATTNREG_")]:
+            monkeypatch.delenv(name)
+        env["ATTNREG_DISABLE_PLUGINS"] = disabled_plugins(env.get("ATTNREG_DISABLE_PLUGINS", ""))
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        for site in sites:
+            monkeypatch.syspath_prepend(str(site))
+            loaded_sites.append(str(site))
+        return Registry.load()
+
+    yield load
+    for name, module in list(sys.modules.items()):
+        if any(str(getattr(module, "__file__", None) or "").startswith(site) for site in loaded_sites):
+            del sys.modules[name]

@@ -215,7 +215,10 @@ class Registry:
             self.plugins[ep.name] = info
 
     def register_plugin(self, plugin: object, name: str | None = None) -> str:
-        """Register a plugin object at run time (notebooks, tests); a name it shares with another is an error."""
+        """Register a plugin object at run time (notebooks, tests); a name it shares with another is an error.
+
+        A hook that raises is an error here, at once, and leaves nothing registered: the caller is right there.
+        """
         name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin):x}"
         if name in self.plugins:
             raise PatternError(f"name={name!r} is not allowed: a plugin of that name is already registered")
@@ -231,6 +234,10 @@ class Registry:
         except Exception:
             self.unregister_plugin(name)
             raise
+        failure = self.plugins[name].error
+        if failure:
+            self.unregister_plugin(name)
+            raise PluginError(f"plugin {name!r} {failure}")
         new = [c for c in self.conflicts.values() if any(p.name == name for p in c.plugins)]
         if new:
             self.unregister_plugin(name)

@@ -1,0 +1,141 @@
+"""Plugins from real distributions found through their ``attnreg`` entry points: isolation, conflicts, switches.
+
+Each test writes small distributions (a module, ``METADATA``, ``entry_points.txt``) into a temporary folder, puts it
+on the path and loads a fresh registry, exactly as an installed plugin is found.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from attnreg import ConflictError, Pattern, PluginError, Window
+
+WORKING = """
+    import attnreg
+
+    @attnreg.hookimpl
+    def attnreg_add_patterns(registry):
+        registry.add_pattern("{name}", lambda radius=1: attnreg.Pattern(window=attnreg.Window(radius, radius)))
+"""
+BROKEN_IMPORT = """
+    import attnreg
+    import a_module_that_does_not_exist
+"""
+RAISES_IN_HOOK = """
+    import attnreg
+
+    @attnreg.hookimpl
+    def attnreg_add_patterns(registry):
+        raise RuntimeError("boom in the hook")
+"""
+
+
+def working(site, dist, module, pattern, write_distribution, version="1.0"):
+    source = WORKING.replace("{name}", pattern)
+    return write_distribution(site, dist, version, {module: source}, {module: module})
+
+
+def test_a_plugin_distribution_adds_its_pattern_with_its_distribution_and_version(
+    tmp_path, load_registry, write_distribution
+):
+    site = working(tmp_path / "site", "attnreg-ringo", "ringo_plugin", "ringo", write_distribution, version="2.5.1")
+    registry = load_registry(site)
+    assert registry.list_patterns() == ["ringo"]
+    assert registry.get_pattern("ringo", radius=4) == Pattern(window=Window(4, 4))
+    plugin = registry.pattern_entry("ringo").plugin
+    assert (plugin.name, plugin.distribution, plugin.version, plugin.source) == (
+        "ringo_plugin",
+        "attnreg-ringo",
+        "2.5.1",
+        "attnreg-ringo 2.5.1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "what", "detail"),
+    [
+        (BROKEN_IMPORT, "failed to import entry point 'broken_plugin'", "ModuleNotFoundError"),
+        (RAISES_IN_HOOK, "raised in its attnreg_add_patterns hook", "RuntimeError: boom in the hook"),
+    ],
+    ids=["import-error", "hook-raises"],
+)
+def test_a_failing_plugin_is_kept_aside_with_its_traceback_and_the_others_load(
+    tmp_path, load_registry, write_distribution, source, what, detail
+):
+    site = working(tmp_path / "site", "attnreg-ringo", "ringo_plugin", "ringo", write_distribution)
+    write_distribution(site, "attnreg-broken", "0.3", {"broken_plugin": source}, {"broken_plugin": "broken_plugin"})
+    registry = load_registry(site)
+    assert registry.list_patterns() == ["ringo"]
+    (failure,) = registry.failures()
+    assert (failure.name, failure.source) == ("broken_plugin", "attnreg-broken 0.3")
+    assert failure.error.startswith(what)
+    assert "Traceback (most recent call last)" in failure.error
+    assert detail in failure.error
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [(BROKEN_IMPORT, "failed to import"), (RAISES_IN_HOOK, "raised in its attnreg_add_patterns hook")],
+    ids=["import-error", "hook-raises"],
+)
+def test_strict_mode_makes_a_failing_plugin_fatal(tmp_path, load_registry, write_distribution, source, message):
+    site = write_distribution(
+        tmp_path / "site", "attnreg-broken", "0.3", {"broken_plugin": source}, {"broken_plugin": "broken_plugin"}
+    )
+    with pytest.raises(PluginError, match=message) as error:
+        load_registry(site, env={"ATTNREG_STRICT": "1"})
+    assert "'broken_plugin' (attnreg-broken 0.3)" in str(error.value)
+    assert "ATTNREG_STRICT=1" in str(error.value)
+
+
+@pytest.mark.parametrize("value", ["0", "", "false"])
+def test_strict_mode_is_off_for_false_values(tmp_path, load_registry, write_distribution, value):
+    site = write_distribution(
+        tmp_path / "site", "attnreg-broken", "0.3", {"broken_plugin": BROKEN_IMPORT}, {"broken_plugin": "broken_plugin"}
+    )
+    assert len(load_registry(site, env={"ATTNREG_STRICT": value}).failures()) == 1
+
+
+@pytest.mark.parametrize("order", ["a-first", "b-first"])
+def test_two_distributions_claiming_one_name_is_an_error_naming_both(
+    tmp_path, load_registry, write_distribution, order
+):
+    site_a = working(tmp_path / "a", "attnreg-alpha", "alpha_plugin", "shared", write_distribution, version="1.0")
+    site_b = working(tmp_path / "b", "attnreg-beta", "beta_plugin", "shared", write_distribution, version="2.0")
+    working(tmp_path / "a", "attnreg-alpha-extra", "alpha_extra", "alpha-only", write_distribution)
+    registry = load_registry(*([site_a, site_b] if order == "a-first" else [site_b, site_a]))
+    assert registry.list_patterns() == ["alpha-only"]
+    with pytest.raises(ConflictError) as error:
+        registry.get_pattern("shared")
+    assert str(error.value).startswith(
+        "pattern 'shared' is claimed by more than one plugin: attnreg-alpha 1.0 and attnreg-beta 2.0"
+    )
+
+
+def test_strict_mode_makes_a_conflict_fatal(tmp_path, load_registry, write_distribution):
+    site = working(tmp_path / "site", "attnreg-alpha", "alpha_plugin", "shared", write_distribution)
+    working(site, "attnreg-beta", "beta_plugin", "shared", write_distribution)
+    with pytest.raises(ConflictError, match=r"attnreg-alpha 1\.0 and attnreg-beta 1\.0"):
+        load_registry(site, env={"ATTNREG_STRICT": "1"})
+
+
+@pytest.mark.parametrize("switch", ["beta_plugin", "attnreg-beta", " beta_plugin , other"])
+def test_disabling_a_plugin_by_entry_point_or_distribution_name(tmp_path, load_registry, write_distribution, switch):
+    site = working(tmp_path / "site", "attnreg-alpha", "alpha_plugin", "shared", write_distribution)
+    working(site, "attnreg-beta", "beta_plugin", "shared", write_distribution)
+    write_distribution(
+        site, "attnreg-broken", "0.3", {"broken_plugin": BROKEN_IMPORT}, {"broken_plugin": "broken_plugin"}
+    )
+    registry = load_registry(site, env={"ATTNREG_DISABLE_PLUGINS": f"{switch},broken_plugin"})
+    assert registry.pattern_entry("shared").plugin.distribution == "attnreg-alpha"
+    assert not registry.conflicts
+    assert not registry.failures()
+    assert "beta_plugin" not in registry.plugins
+
+
+def test_a_disabled_broken_plugin_is_not_even_imported_in_strict_mode(tmp_path, load_registry, write_distribution):
+    site = write_distribution(
+        tmp_path / "site", "attnreg-broken", "0.3", {"broken_plugin": BROKEN_IMPORT}, {"broken_plugin": "broken_plugin"}
+    )
+    registry = load_registry(site, env={"ATTNREG_STRICT": "1", "ATTNREG_DISABLE_PLUGINS": "broken_plugin"})
+    assert not registry.failures()
