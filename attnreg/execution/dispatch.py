@@ -9,6 +9,10 @@ from attnreg._validation import PatternError
 from attnreg.execution.call import AttentionCall
 from attnreg.execution.engine import Engine
 
+#: Engines picked automatically only when no other supports the call: the reference is the tests' ground truth, and
+#: its estimate (no fixed overhead) can undercut the fast engines on tiny inputs. ``backend=`` still names it.
+LAST_RESORT = frozenset({"reference"})
+
 
 class BackendUnavailableError(PatternError):
     """An engine asked for by ``backend=`` cannot run the call; the message says why."""
@@ -28,12 +32,15 @@ class Verdict:
 
 
 def judge(call: AttentionCall, engines: Sequence[Engine]) -> list[Verdict]:
-    """Every engine's verdict on ``call``, cheapest supported first, then the refusals."""
+    """Every engine's verdict on ``call``: supported cheapest first (last-resort engines after), refusals last."""
     verdicts = []
     for engine in engines:
         reasons = tuple(engine.unsupported_reasons(call))
         verdicts.append(Verdict(engine, reasons, None if reasons else engine.estimated_cost(call)))
-    return sorted(verdicts, key=lambda v: (not v.supported, v.cost if v.cost is not None else 0.0))
+    return sorted(
+        verdicts,
+        key=lambda v: (not v.supported, v.engine.name in LAST_RESORT, v.cost if v.cost is not None else 0.0),
+    )
 
 
 def choose(call: AttentionCall, engines: Sequence[Engine], backend: str | None = None) -> Engine:
