@@ -7,6 +7,7 @@ transformers' own; only ``LongformerSelfAttention`` is replaced, keeping its wei
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from transformers.models.longformer import modeling_longformer
 from attnreg import PatternError
 from attnreg._validation import reject_unknown, require
 from attnreg_longformer.layer import LongformerSelfAttention
+from attnreg_longformer.pattern import layer_pattern
 
 #: Short head names and the transformers classes they stand for.
 HEADS: dict[str, str] = {
@@ -58,12 +60,19 @@ def head_class(head: str) -> type[transformers.PreTrainedModel]:
     return getattr(transformers, name)
 
 
+def config_fields() -> list[str]:
+    """The fields a ``LongformerConfig`` takes: its constructor's parameters and what it serialises."""
+    parameters = inspect.signature(LongformerConfig.__init__).parameters
+    named = [name for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return sorted({*named, *LongformerConfig().to_dict(), "num_labels"} - {"self", "kwargs"})
+
+
 def make_config(config: LongformerConfig | dict[str, Any] | None, overrides: dict[str, Any]) -> LongformerConfig:
     """A ``LongformerConfig`` from a config, a dict or ``None`` (base size), with ``overrides`` applied and checked."""
     if config is None:
         config = LongformerConfig(**BASE_CONFIG)
     elif isinstance(config, dict):
-        reject_unknown("config", config, LongformerConfig().to_dict())
+        reject_unknown("config", config, config_fields())
         config = LongformerConfig(**config)
     else:
         require(
@@ -73,9 +82,12 @@ def make_config(config: LongformerConfig | dict[str, Any] | None, overrides: dic
             "expected a LongformerConfig, a dict or None",
         )
         config = LongformerConfig(**config.to_dict())
-    reject_unknown("attnreg.build('longformer') overrides", overrides, LongformerConfig().to_dict())
+    reject_unknown("attnreg.build('longformer') overrides", overrides, config_fields())
     for key, value in overrides.items():
         setattr(config, key, value)
+    windows = config.attention_window
+    for layer_id in range(config.num_hidden_layers if isinstance(windows, (list, tuple)) else 1):
+        layer_pattern(windows, layer_id)
     return config
 
 

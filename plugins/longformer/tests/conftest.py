@@ -15,14 +15,13 @@ TINY_CONFIG = {
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "intermediate_size": 37,
-    "attention_window": [4, 6],
+    "attention_window": [4, 8],
     "max_position_embeddings": 64,
     "type_vocab_size": 1,
     "pad_token_id": 1,
     "bos_token_id": 0,
     "eos_token_id": 2,
     "sep_token_id": 2,
-    "num_labels": 3,
 }
 
 

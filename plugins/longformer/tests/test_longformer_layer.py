@@ -1,14 +1,14 @@
-"""The drop-in layer against transformers' ``LongformerSelfAttention`` on the same weights, called as the encoder does."""
+"""The drop-in layer against transformers' ``LongformerSelfAttention`` on the same weights, as the encoder calls it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import transformers
+from attnreg_longformer import LongformerSelfAttention
 from transformers.models.longformer import modeling_longformer
 
 import attnreg
-from attnreg_longformer import LongformerSelfAttention
 
 WINDOW = 4  # one-sided 2; transformers' layer needs lengths that are multiples of 2 * 2
 
@@ -166,6 +166,10 @@ def test_bad_inputs_are_errors_naming_them(inputs: dict, named: str) -> None:
 
 def test_odd_and_non_divisible_configs_are_errors() -> None:
     with pytest.raises(attnreg.PatternError, match=r"config.attention_window\[0\]=5"):
-        LongformerSelfAttention(transformers.LongformerConfig(hidden_size=16, num_attention_heads=2, attention_window=[5]), 0)
-    with pytest.raises(attnreg.PatternError, match="config.hidden_size=16"):
-        LongformerSelfAttention(transformers.LongformerConfig(hidden_size=16, num_attention_heads=3, attention_window=[4]), 0)
+        LongformerSelfAttention(
+            transformers.LongformerConfig(hidden_size=16, num_attention_heads=2, attention_window=[5]), 0
+        )
+    with pytest.raises(attnreg.PatternError, match=r"config\.hidden_size=16"):
+        LongformerSelfAttention(
+            transformers.LongformerConfig(hidden_size=16, num_attention_heads=3, attention_window=[4]), 0
+        )

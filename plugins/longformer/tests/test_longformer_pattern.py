@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from attnreg_longformer.pattern import layer_pattern
 
 import attnreg
-from attnreg_longformer.pattern import layer_pattern
 
 
 def test_registered_through_the_entry_point() -> None:
