@@ -80,9 +80,10 @@ def render_text(layout: DenseLayout, example: int = 0) -> str:
     global_rows = layout.global_rows[example].cpu()
     indent = " " * 7
     lines = [
-        indent + _digits(length, 10) + ("   " + _digits(count, 10) if count else ""),
+        (indent + _digits(length, 10) + ("   " + _digits(count, 10) if count else "")).rstrip(),
         indent + _digits(length, 1) + (" | " + _digits(count, 1) if count else ""),
     ]
+    lines = [line for line in lines if line]
     for i in range(length):
         flag = "g" if global_rows[i] else ("p" if not real[i] else " ")
         row = "".join(GLYPHS[Cell(int(c))] for c in cells[i])

@@ -74,11 +74,11 @@ def run_attnreg() -> Callable[..., subprocess.CompletedProcess]:
 
 
 @pytest.fixture
-def load_registry(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Registry]:
-    """Load a fresh registry in-process from the distributions in ``sites`` only, with extra environment variables."""
+def plugin_environment(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Make this process see the distributions in ``sites`` only (on ``sys.path``), with extra environment variables."""
     loaded_sites: list[str] = []
 
-    def load(*sites: Path, env: dict[str, str] | None = None) -> Registry:
+    def prepare(*sites: Path, env: dict[str, str] | None = None) -> None:
         env = dict(env or {})
         for name in [n for n in os.environ if n.startswith("ATTNREG_")]:
             monkeypatch.delenv(name)
@@ -88,9 +88,19 @@ def load_registry(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Registry]:
         for site in sites:
             monkeypatch.syspath_prepend(str(site))
             loaded_sites.append(str(site))
-        return Registry.load()
 
-    yield load
+    yield prepare
     for name, module in list(sys.modules.items()):
         if any(str(getattr(module, "__file__", None) or "").startswith(site) for site in loaded_sites):
             del sys.modules[name]
+
+
+@pytest.fixture
+def load_registry(plugin_environment: Callable[..., None]) -> Callable[..., Registry]:
+    """Load a fresh registry in-process from the distributions in ``sites`` only, with extra environment variables."""
+
+    def load(*sites: Path, env: dict[str, str] | None = None) -> Registry:
+        plugin_environment(*sites, env=env)
+        return Registry.load()
+
+    return load

@@ -1,0 +1,218 @@
+"""``attnreg list`` and ``attnreg show`` run as a user runs them: ``python -m attnreg`` in a subprocess.
+
+The patterns come from a plugin distribution written to a temporary folder (beside a broken one and two that
+claim one name), so the commands are checked through the same entry points as any third-party plugin.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+import attnreg
+from attnreg.cli import main
+
+DEMO = """
+    import attnreg
+    from attnreg import AggregatedGlobals, Pattern, SelectedGlobals, Window
+
+
+    def demo_tglobal(local_radius: int = 2, global_block_size: int = 4, causal: bool = False, scale: float = 1.0):
+        '''A local window plus one aggregated key per block (a test pattern).'''
+        window = Window(local_radius, 0 if causal else local_radius)
+        return Pattern(window=window, aggregated_globals=AggregatedGlobals(global_block_size), scale=scale)
+
+
+    def demo_globals(radius: int = 1):
+        '''A local window plus selected global tokens (a test pattern).'''
+        return Pattern(window=Window(radius, radius), selected_globals=SelectedGlobals())
+
+
+    @attnreg.hookimpl
+    def attnreg_add_patterns(registry):
+        registry.add_pattern("demo-tglobal", demo_tglobal)
+        registry.add_pattern("demo-globals", demo_globals)
+"""
+BROKEN = "import attnreg\nraise ImportError('this plugin is broken on purpose')\n"
+CLASH = """
+    import attnreg
+
+    @attnreg.hookimpl
+    def attnreg_add_patterns(registry):
+        registry.add_pattern("clash", lambda: attnreg.Pattern())
+"""
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory, write_distribution):
+    """One folder with a working, a broken and two clashing plugin distributions."""
+    site = tmp_path_factory.mktemp("site")
+    write_distribution(site, "attnreg-demo", "1.2.3", {"demo_plugin": DEMO}, {"demo": "demo_plugin"})
+    write_distribution(site, "attnreg-broken", "0.3", {"broken_plugin": BROKEN}, {"broken": "broken_plugin"})
+    write_distribution(site, "attnreg-clash-a", "1.0", {"clash_a": CLASH}, {"clash_a": "clash_a"})
+    write_distribution(site, "attnreg-clash-b", "2.0", {"clash_b": CLASH}, {"clash_b": "clash_b"})
+    return [site]
+
+
+@pytest.fixture(scope="module")
+def listed(run_attnreg, sites):
+    return run_attnreg("list", sites=sites)
+
+
+def test_list_succeeds_beside_a_broken_plugin(listed):
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_list_shows_each_pattern_with_its_plugin_version_and_description(listed):
+    lines = listed.stdout.splitlines()
+    row = next(line for line in lines if line.strip().startswith("demo-tglobal"))
+    assert row.split()[:4] == ["demo-tglobal", "demo", "attnreg-demo", "1.2.3"]
+    assert row.endswith("A local window plus one aggregated key per block (a test pattern).")
+
+
+def test_list_shows_the_engines(listed):
+    section = listed.stdout.split("engines:")[1]
+    assert "reference" in section.split("\n\n")[0]
+
+
+def test_list_shows_a_broken_plugin_with_the_end_of_its_traceback(listed):
+    failed = listed.stdout.split("failed plugins:")[1]
+    assert "broken  attnreg-broken 0.3  failed to import entry point 'broken_plugin'" in failed
+    assert "Traceback (most recent call last):" in failed
+    assert "ImportError: this plugin is broken on purpose" in failed
+    assert "--verbose" in failed
+
+
+def test_list_shows_conflicts_naming_both_distributions(listed):
+    conflicts = listed.stdout.split("conflicts")[1]
+    assert "pattern 'clash': clash_a (attnreg-clash-a 1.0) and clash_b (attnreg-clash-b 2.0)" in conflicts
+    assert "clash " not in listed.stdout.split("builders:")[0].split("patterns:")[1]
+
+
+@pytest.fixture
+def global_registry(monkeypatch, plugin_environment, sites):
+    """The process-wide registry, loaded afresh from the demo distributions (with ``env``) on first use."""
+
+    def load(env=None):
+        plugin_environment(*sites, env=env)
+        monkeypatch.setattr(attnreg.registry, "_registry", None)
+
+    return load
+
+
+def test_list_verbose_shows_the_whole_traceback(global_registry, listed, capsys):
+    global_registry()
+    assert main(["list", "--verbose"]) == 0
+    verbose = capsys.readouterr().out
+    assert "in _load_entry_points" in verbose
+    assert "in _load_entry_points" not in listed.stdout
+
+
+def test_list_in_strict_mode_fails_naming_the_broken_plugin(global_registry, capsys):
+    global_registry(env={"ATTNREG_STRICT": "1"})
+    assert main(["list"]) == 1
+    assert "attnreg list: error: plugin 'broken' (attnreg-broken 0.3) failed to import" in capsys.readouterr().err
+
+
+def test_show_draws_window_aggregated_keys_and_padding(run_attnreg, sites):
+    shown = run_attnreg(
+        "show", "demo-tglobal", "--length", "10", "--local-radius", "1", "--global-block-size", "4", "--pad", "2",
+        sites=sites,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == (
+        "demo-tglobal: Pattern(window=Window(left=1, right=1), "
+        "aggregated_globals=AggregatedGlobals(global_block_size=4), scale=1.0)"
+    )
+    grid = lines[lines.index("       0123456789 | 01") :]
+    assert grid[1:4] == ["    0  ##......-- | AA", "    1  ###.....-- | AA", "    2  .###....-- | AA"]
+    assert grid[8:11] == ["    7  ......##-- | AA", "    8p ---------- | --", "    9p ---------- | --"]
+    assert "legend: # window   G global   A aggregated   - padding   . not allowed" in lines
+    assert "this example: 38 allowed pairs" in shown.stdout
+
+
+def test_show_draws_global_tokens_and_a_png(run_attnreg, sites, tmp_path):
+    picture = tmp_path / "pattern.png"
+    shown = run_attnreg("show", "demo-globals", "--length", "6", "--globals", "0,4", "--png", str(picture), sites=sites)
+    assert shown.returncode == 0, shown.stderr
+    grid = shown.stdout.splitlines()
+    start = grid.index("       012345")
+    assert grid[start + 1 : start + 7] == [
+        "    0g ##GGGG",
+        "    1  ###.G.",
+        "    2  G###G.",
+        "    3  G.###.",
+        "    4g GGG###",
+        "    5  G...##",
+    ]
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"picture written to {picture}" in shown.stdout
+
+
+@pytest.mark.usefixtures("demo_registered")
+def test_show_png_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["show", "demo-globals", "--length", "4", "--png", str(tmp_path / "x.png")]) == 1
+    captured = capsys.readouterr()
+    assert "pip install 'attnreg[plot]'" in captured.err
+    assert "    0  ##.." in captured.out
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.fixture
+def demo_registered():
+    """The demo plugin registered in this process, for the quick error-path checks of ``show``."""
+    module = types.ModuleType("demo_plugin_in_process")
+    exec(compile(DEMO.replace("\n    ", "\n"), "demo_plugin", "exec"), module.__dict__)
+    name = attnreg.register_plugin(module, "demo-in-process")
+    yield
+    attnreg.unregister_plugin(name)
+
+
+@pytest.mark.usefixtures("demo_registered")
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo-tglobl"], "unknown pattern 'demo-tglobl'; did you mean 'demo-tglobal'"),
+        (["demo-tglobal", "--local-radius", "-1"], "Window.left=-1 is not allowed: expected an int >= 0"),
+        (["demo-tglobal", "--global-block-size", "0"], "AggregatedGlobals.global_block_size=0 is not allowed"),
+        (["demo-tglobal", "--pad", "40"], "--pad=40 is not allowed: expected 0 to --length (32)"),
+        (["demo-tglobal", "--globals", "1"], "this pattern has no selected_globals"),
+        (
+            ["demo-globals", "--length", "4", "--globals", "0,4"],
+            "--globals='0,4' is not allowed: expected positions in",
+        ),
+        (["demo-globals", "--length", "0"], "--length=0 is not allowed"),
+    ],
+)
+def test_show_reports_bad_input_with_exit_status_2(argv, message, capsys):
+    assert main(["show", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("demo_registered")
+@pytest.mark.parametrize("argv", [["demo-tglobal", "--radius", "3"], ["demo-tglobal", "--local-radius", "two"]])
+def test_show_rejects_unknown_options_and_badly_typed_values(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["show", *argv])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "unrecognized arguments: --radius 3" in error or "argument --local-radius: invalid int value: 'two'" in error
+
+
+@pytest.mark.usefixtures("demo_registered")
+def test_show_help_lists_the_pattern_parameters_as_kebab_case_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["show", "demo-tglobal", "--help"])
+    help_text = capsys.readouterr().out
+    for option in ["--local-radius LOCAL_RADIUS", "--global-block-size GLOBAL_BLOCK_SIZE", "--causal, --no-causal"]:
+        assert option in help_text
+
+
+@pytest.mark.usefixtures("demo_registered")
+def test_show_boolean_and_float_parameters(capsys):
+    assert main(["show", "demo-tglobal", "--length", "8", "--causal", "--scale", "0.5"]) == 0
+    assert "Pattern(window=Window(left=2, right=0), aggregated_globals=" in capsys.readouterr().out
