@@ -46,6 +46,8 @@ _registry: Registry | None = None
 def get_registry() -> Registry:
     """The process-wide registry, loading the entry points on first use."""
     global _registry
+    if _registry is not None:  # no lock once loaded: torch.compile traces this read, not a lock
+        return _registry
     with _lock:
         if _registry is None:
             _registry = Registry.load()
