@@ -139,3 +139,32 @@ def test_a_disabled_broken_plugin_is_not_even_imported_in_strict_mode(tmp_path, 
     )
     registry = load_registry(site, env={"ATTNREG_STRICT": "1", "ATTNREG_DISABLE_PLUGINS": "broken_plugin"})
     assert not registry.failures()
+
+
+def two_distributions_with_one_entry_point_name(site, write_distribution):
+    for dist, pattern in [("attnreg-one", "pattern-one"), ("attnreg-two", "pattern-two")]:
+        module = dist.replace("-", "_")
+        source = WORKING.replace("{name}", pattern)
+        write_distribution(site / dist, dist, "1.0", {module: source}, {"plugin": module})
+    return site / "attnreg-one", site / "attnreg-two"
+
+
+def test_one_entry_point_name_in_two_distributions_is_a_conflict_naming_both(
+    tmp_path, load_registry, write_distribution
+):
+    registry = load_registry(*two_distributions_with_one_entry_point_name(tmp_path, write_distribution))
+    assert registry.list_patterns() == []
+    assert not registry.failures()
+    (conflict,) = registry.conflicts.values()
+    assert str(conflict.error()).startswith(
+        "plugin 'plugin' is claimed by more than one plugin: attnreg-one 1.0 and attnreg-two 1.0"
+    )
+
+
+def test_disabling_one_of_two_distributions_sharing_an_entry_point_name_loads_the_other(
+    tmp_path, load_registry, write_distribution
+):
+    sites = two_distributions_with_one_entry_point_name(tmp_path, write_distribution)
+    registry = load_registry(*sites, env={"ATTNREG_DISABLE_PLUGINS": "attnreg-two"})
+    assert registry.list_patterns() == ["pattern-one"]
+    assert not registry.conflicts

@@ -122,7 +122,7 @@ class Conflict:
         owners = " and ".join(p.source if p.distribution else p.name for p in self.plugins)
         return ConflictError(
             f"{self.kind} {self.name!r} is claimed by more than one plugin: {owners}; "
-            f"uninstall or disable one (e.g. {DISABLE_ENV}={self.plugins[-1].name})"
+            f"uninstall or disable one (e.g. {DISABLE_ENV}={self.plugins[-1].distribution or self.plugins[-1].name})"
         )
 
 
@@ -177,6 +177,7 @@ class Registry:
     engine_plugins: dict[str, PluginInfo] = field(default_factory=dict)
     benchmarks: dict[str, BenchmarkEntry] = field(default_factory=dict)
     conflicts: dict[tuple[str, str], Conflict] = field(default_factory=dict)
+    plugin_conflicts: dict[tuple[str, str], Conflict] = field(default_factory=dict)
     strict: bool = False
 
     @classmethod
@@ -195,14 +196,23 @@ class Registry:
     # --- plugins ---------------------------------------------------------------------------------------
 
     def _load_entry_points(self) -> None:
+        """Import every enabled entry point; one name that several distributions use loads none of them."""
         disabled = disabled_plugins()
-        found = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
-        for ep in found:
+        claims: dict[str, list[tuple[metadata.EntryPoint, PluginInfo]]] = {}
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = getattr(ep, "dist", None)
             info = PluginInfo(ep.name, dist.metadata["Name"] if dist else None, dist.version if dist else None)
             if info.name in disabled or (info.distribution or "") in disabled:
-                self.manager.set_blocked(ep.name)
                 continue
+            claims.setdefault(ep.name, []).append((ep, info))
+        for name, claimed in sorted(claims.items()):
+            if len(claimed) > 1:
+                infos = tuple(sorted((info for _, info in claimed), key=lambda info: info.source))
+                self.plugin_conflicts[("plugin", name)] = Conflict("plugin", name, infos)
+                if self.strict:
+                    raise self.plugin_conflicts[("plugin", name)].error()
+                continue
+            ep, info = claimed[0]
             try:
                 plugin = ep.load()
                 self.manager.register(plugin, name=ep.name)
@@ -284,7 +294,7 @@ class Registry:
                     self._fail(info, f"raised in its {hook_name} hook")
                     registrars.pop(impl.plugin_name)
         loaded = [r for name, r in sorted(registrars.items()) if not self.plugins[name].error]
-        self.conflicts = {}
+        self.conflicts = dict(self.plugin_conflicts)
         self.patterns = self._table("pattern", [(e.name, e.plugin, e) for r in loaded for e in r.patterns])
         self.builders = self._table("builder", [(e.name, e.plugin, e) for r in loaded for e in r.builders])
         self.engine_table = self._table("engine", [(e.name, r.plugin, e) for r in loaded for e in r.engines])
