@@ -30,10 +30,16 @@ DEMO = """
         return Pattern(window=Window(radius, radius), selected_globals=SelectedGlobals())
 
 
+    def demo_clashing_options(length: int = 3, right=None):
+        '''A causal window of ``length`` keys, ``right`` keys ahead (a parameter without a typed default).'''
+        return Pattern(window=Window(length, right or 0))
+
+
     @attnreg.hookimpl
     def attnreg_add_patterns(registry):
         registry.add_pattern("demo-tglobal", demo_tglobal)
         registry.add_pattern("demo-globals", demo_globals)
+        registry.add_pattern("demo-clashing-options", demo_clashing_options)
 """
 BROKEN = "import attnreg\nraise ImportError('this plugin is broken on purpose')\n"
 CLASH = """
@@ -216,3 +222,18 @@ def test_show_help_lists_the_pattern_parameters_as_kebab_case_options(capsys):
 def test_show_boolean_and_float_parameters(capsys):
     assert main(["show", "demo-tglobal", "--length", "8", "--causal", "--scale", "0.5"]) == 0
     assert "Pattern(window=Window(left=2, right=0), aggregated_globals=" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("demo_registered")
+@pytest.mark.parametrize(
+    ("argv", "window"),
+    [
+        ([], "Window(left=3, right=0)"),
+        (["--length", "6", "--pattern-length", "1"], "Window(left=1, right=0)"),
+        (["--right", "2"], "Window(left=3, right=2)"),
+        (["--right", "none"], "Window(left=3, right=0)"),
+    ],
+)
+def test_show_renames_a_parameter_that_clashes_with_its_own_options_and_parses_untyped_ones(argv, window, capsys):
+    assert main(["show", "demo-clashing-options", *argv]) == 0
+    assert f"Pattern(window={window})" in capsys.readouterr().out

@@ -37,7 +37,10 @@ def parse_literal(text: str) -> Any:
 
 
 def add_pattern_options(parser: argparse.ArgumentParser, name: str) -> None:
-    """Add one ``--kebab-case`` option per parameter of pattern ``name`` to ``parser`` (in an argument group)."""
+    """Add one ``--kebab-case`` option per parameter of pattern ``name`` to ``parser`` (in an argument group).
+
+    A parameter whose option the command already has (``--length``, say) becomes ``--pattern-length``.
+    """
     entry = get_registry().pattern_entry(name)
     group = parser.add_argument_group(f"parameters of pattern {name!r}")
     for parameter, default in entry.parameters().items():
@@ -52,7 +55,10 @@ def add_pattern_options(parser: argparse.ArgumentParser, name: str) -> None:
             kwargs.update(type=type(default), help=f"default: {default!r}")
         else:
             kwargs.update(type=parse_literal, help=f"default: {default!r}")
-        group.add_argument(option_name(parameter), **kwargs)
+        option = option_name(parameter)
+        if option in parser._option_string_actions:  # the command has an option of that name already
+            option = "--pattern-" + option[2:]
+        group.add_argument(option, **kwargs)
 
 
 def pattern_params(args: argparse.Namespace) -> dict[str, Any]:
