@@ -17,3 +17,12 @@ def attnreg_add_engines(registry: PluginRegistrar) -> None:
     registry.add_engine(DenseSdpaEngine())
     registry.add_engine(XformersEngine())
     registry.add_engine(BlockedEngine())
+
+
+@hookimpl
+def attnreg_add_builders(registry: PluginRegistrar) -> None:
+    """The generic models, for any registered pattern: ``encoder`` and ``encoder-decoder``."""
+    from attnreg.models.generic import build_encoder, build_encoder_decoder
+
+    registry.add_builder("encoder", build_encoder)
+    registry.add_builder("encoder-decoder", build_encoder_decoder)
