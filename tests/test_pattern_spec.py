@@ -185,3 +185,17 @@ def test_cost_rejects_bad_arguments(kwargs, name):
 def test_cost_rejects_globals_for_a_pattern_without_them():
     with pytest.raises(PatternError, match="no selected_globals"):
         Pattern(window=Window(1, 1)).cost(8, num_globals=1)
+
+
+@pytest.mark.parametrize(
+    ("make", "unknown"),
+    [
+        (lambda: Pattern(radius=3), "radius"),
+        (lambda: Window(1, 1, causal=True), "causal"),
+        (lambda: AggregatedGlobals(global_block=4), "global_block"),
+        (lambda: RelativePositionBias(buckets=32), "buckets"),
+    ],
+)
+def test_an_unknown_constructor_parameter_is_an_error_naming_it(make, unknown):
+    with pytest.raises(TypeError, match=f"unexpected keyword argument '{unknown}'"):
+        make()
