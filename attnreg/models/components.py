@@ -1,0 +1,161 @@
+"""Component builders of the generic models: embeddings, norm, feed-forward, attention blocks and layers.
+
+Why components: a model for any registered pattern is these parts stacked; the pattern only decides what the
+self-attention (:class:`attnreg.nn.PatternAttention`, which adds the pattern's own parameters) sees.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnreg._validation import require, require_int
+from attnreg.nn import PatternAttention
+from attnreg.pattern.parts import Window
+from attnreg.pattern.spec import Pattern
+
+#: The decoder's self-attention: each position sees itself and every position before it.
+CAUSAL = Pattern(window=Window.causal(None))
+
+NORMS = ("layer", "rms")
+
+
+def norm(kind: str, d_model: int) -> nn.Module:
+    """A ``LayerNorm`` (``"layer"``) or ``RMSNorm`` (``"rms"``) over ``d_model`` features."""
+    require(kind in NORMS, "norm", kind, f"expected one of {', '.join(NORMS)}")
+    return nn.LayerNorm(d_model) if kind == "layer" else nn.RMSNorm(d_model)
+
+
+class Embeddings(nn.Module):
+    """Token embeddings plus learned absolute positions, then dropout; longer inputs than ``max_length`` fail."""
+
+    def __init__(self, vocab_size: int, d_model: int, max_length: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, d_model)
+        self.positions = nn.Embedding(max_length, d_model)
+        self.dropout = nn.Dropout(dropout)
+        nn.init.normal_(self.tokens.weight, std=0.02)
+        nn.init.normal_(self.positions.weight, std=0.02)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        require(
+            isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and not input_ids.is_floating_point(),
+            "input_ids",
+            tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else input_ids,
+            "expected a (batch, length) integer tensor",
+        )
+        length = input_ids.shape[1]
+        limit = self.positions.num_embeddings
+        require(1 <= length <= limit, "input_ids.shape[1]", length, f"expected 1 to max_length={limit} tokens")
+        positions = torch.arange(length, device=input_ids.device)
+        return self.dropout(self.tokens(input_ids) + self.positions(positions))
+
+
+class FeedForward(nn.Module):
+    """``Linear -> GELU -> dropout -> Linear``."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.inner = nn.Linear(d_model, d_ff)
+        self.outer = nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.outer(self.dropout(F.gelu(self.inner(hidden))))
+
+
+def self_attention(d_model: int, n_heads: int, pattern: Pattern) -> PatternAttention:
+    """Self-attention under ``pattern`` with the parameters its parts need (bias tables, global projections, ...)."""
+    require_int("d_model", d_model, minimum=1)
+    require_int("n_heads", n_heads, minimum=1)
+    require(d_model % n_heads == 0, "n_heads", n_heads, f"must divide d_model={d_model}")
+    return PatternAttention(d_model, n_heads, pattern, dropout=0.0)
+
+
+def attend(
+    attention: PatternAttention,
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    global_attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run ``attention`` on the fast path with HF-style masks (``attention_mask``: 1 = real token, 1 = global)."""
+    padding = None if attention_mask is None else ~attention_mask.bool()
+    global_mask = None if global_attention_mask is None else global_attention_mask.bool()
+    return attention(hidden, hidden, hidden, key_padding_mask=padding, need_weights=False, global_mask=global_mask)[0]
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from decoder positions to every real encoder position (dense: no pattern applies)."""
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        require(d_model % n_heads == 0, "n_heads", n_heads, f"must divide d_model={d_model}")
+        self.n_heads = n_heads
+        self.query = nn.Linear(d_model, d_model)
+        self.key_value = nn.Linear(d_model, 2 * d_model)
+        self.output = nn.Linear(d_model, d_model)
+
+    def forward(self, hidden: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None) -> torch.Tensor:
+        batch, length, d_model = hidden.shape
+        head_dim = d_model // self.n_heads
+        q = self.query(hidden).view(batch, length, self.n_heads, head_dim).transpose(1, 2)
+        k, v = self.key_value(memory).view(batch, -1, 2, self.n_heads, head_dim).permute(2, 0, 3, 1, 4)
+        mask = None
+        empty = None
+        if memory_mask is not None:
+            real = memory_mask.bool()
+            empty = ~real.any(dim=-1)
+            mask = (real | empty[:, None])[:, None, None, :]  # an all-padding memory attends anywhere, then zeroed
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if empty is not None:
+            out = out.masked_fill(empty[:, None, None, None], 0.0)
+        return self.output(out.transpose(1, 2).reshape(batch, length, d_model))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm layer: ``x + attention(norm(x))`` under the pattern, then ``x + feed_forward(norm(x))``."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, pattern: Pattern, *, dropout: float, norm_kind: str):
+        super().__init__()
+        self.attention_norm = norm(norm_kind, d_model)
+        self.attention = self_attention(d_model, n_heads, pattern)
+        self.feed_forward_norm = norm(norm_kind, d_model)
+        self.feed_forward = FeedForward(d_model, d_ff, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        global_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        attended = attend(self.attention, self.attention_norm(hidden), attention_mask, global_attention_mask)
+        hidden = hidden + self.dropout(attended)
+        return hidden + self.dropout(self.feed_forward(self.feed_forward_norm(hidden)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm layer: causal self-attention, cross-attention to the encoder, feed-forward; each residual."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, *, dropout: float, norm_kind: str):
+        super().__init__()
+        self.self_attention_norm = norm(norm_kind, d_model)
+        self.self_attention = self_attention(d_model, n_heads, CAUSAL)
+        self.cross_attention_norm = norm(norm_kind, d_model)
+        self.cross_attention = CrossAttention(d_model, n_heads)
+        self.feed_forward_norm = norm(norm_kind, d_model)
+        self.feed_forward = FeedForward(d_model, d_ff, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        hidden = hidden + self.dropout(attend(self.self_attention, self.self_attention_norm(hidden), attention_mask))
+        crossed = self.cross_attention(self.cross_attention_norm(hidden), memory, memory_mask)
+        hidden = hidden + self.dropout(crossed)
+        return hidden + self.dropout(self.feed_forward(self.feed_forward_norm(hidden)))
