@@ -108,6 +108,14 @@ def global_registry(monkeypatch, plugin_environment, sites):
     return load
 
 
+def test_list_names_the_disabled_plugins(global_registry, capsys):
+    global_registry(env={"ATTNREG_DISABLE_PLUGINS": "clash_b"})
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "clash_b (attnreg-clash-b 2.0)" in out.split("disabled by ATTNREG_DISABLE_PLUGINS:")[1]
+    assert ["clash", "clash_a", "attnreg-clash-a", "1.0"] in [line.split() for line in out.splitlines()]
+
+
 def test_list_verbose_shows_the_whole_traceback(global_registry, listed, capsys):
     global_registry()
     assert main(["list", "--verbose"]) == 0

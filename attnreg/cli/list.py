@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from attnreg.execution.engine import Engine
 from attnreg.registry import ConflictError, PluginError, Registry, get_registry
+from attnreg.registry.registry import DISABLE_ENV
 
 TRACEBACK_LINES = 4
 
@@ -56,6 +57,7 @@ def render(registry: Registry, *, verbose: bool = False) -> str:
         ),
         _failures(registry, verbose),
         _conflicts(registry),
+        _disabled(registry),
     ]
     return "\n\n".join(s for s in sections if s)
 
@@ -106,3 +108,10 @@ def _conflicts(registry: Registry) -> str:
         owners = " and ".join(f"{p.name} ({p.source})" for p in conflict.plugins)
         lines.append(f"  {kind} {name!r}: {owners}")
     return "\n".join(lines)
+
+
+def _disabled(registry: Registry) -> str:
+    if not registry.disabled:
+        return ""
+    names = ", ".join(f"{info.name} ({info.source})" for _, info in sorted(registry.disabled.items()))
+    return f"disabled by {DISABLE_ENV}: {names}"

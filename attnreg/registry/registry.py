@@ -178,6 +178,7 @@ class Registry:
     benchmarks: dict[str, BenchmarkEntry] = field(default_factory=dict)
     conflicts: dict[tuple[str, str], Conflict] = field(default_factory=dict)
     plugin_conflicts: dict[tuple[str, str], Conflict] = field(default_factory=dict)
+    disabled: dict[str, PluginInfo] = field(default_factory=dict)
     strict: bool = False
 
     @classmethod
@@ -203,6 +204,7 @@ class Registry:
             dist = getattr(ep, "dist", None)
             info = PluginInfo(ep.name, dist.metadata["Name"] if dist else None, dist.version if dist else None)
             if info.name in disabled or (info.distribution or "") in disabled:
+                self.disabled[ep.name] = info
                 continue
             claims.setdefault(ep.name, []).append((ep, info))
         for name, claimed in sorted(claims.items()):
