@@ -14,7 +14,7 @@ from transformers.models.longt5.modeling_longt5 import (
     _make_global_fixed_block_ids,
 )
 
-from attnreg import AggregatedGlobals, Pattern, RelativePositionBias, SelectedGlobals, Window
+from attnreg import AggregatedGlobals, Pattern, PatternError, RelativePositionBias, SelectedGlobals, Window
 
 
 def grid(*rows: str) -> torch.Tensor:
@@ -214,3 +214,21 @@ def test_score_scale_defaults_to_one_over_sqrt_head_dim(scale, head_dim, expecte
 def test_materialize_without_masks_builds_on_the_requested_device():
     layout = Pattern(window=Window(1, 1)).materialize(4, device="meta")
     assert layout.allowed.device.type == "meta"
+
+
+@pytest.mark.parametrize(
+    ("hidden", "attention_mask", "named"),
+    [
+        (torch.zeros(2, 8), torch.ones(2, 8), "hidden_states.shape=(2, 8)"),
+        (
+            torch.zeros(2, 8, 4),
+            torch.ones(2, 7),
+            "attention_mask.shape=(2, 7) is not allowed: expected (batch, length)",
+        ),
+        (torch.zeros(2, 8, 4), torch.ones(1, 8), "attention_mask.shape=(1, 8)"),
+    ],
+)
+def test_aggregate_rejects_mismatched_shapes(hidden, attention_mask, named):
+    with pytest.raises(PatternError) as error:
+        AggregatedGlobals(2).aggregate(hidden, attention_mask)
+    assert named in str(error.value)

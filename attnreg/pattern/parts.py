@@ -120,6 +120,18 @@ class AggregatedGlobals:
 
     def aggregate(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Sum ``(batch, length, dim)`` hidden states into ``(batch, count, dim)`` block tokens, in O(length * dim)."""
+        require(
+            isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 3,
+            "hidden_states.shape",
+            tuple(getattr(hidden_states, "shape", ())),
+            "expected (batch, length, dim)",
+        )
+        require(
+            isinstance(attention_mask, torch.Tensor) and attention_mask.shape == hidden_states.shape[:2],
+            "attention_mask.shape",
+            tuple(getattr(attention_mask, "shape", ())),
+            f"expected (batch, length) = {tuple(hidden_states.shape[:2])}",
+        )
         batch, length, dim = hidden_states.shape
         count = self.count(length)
         ids = self.block_ids(attention_mask)
