@@ -12,6 +12,7 @@ import torch
 
 import attnreg
 from attnreg import AggregatedGlobals, Pattern, RelativePositionBias, SelectedGlobals, Window
+from attnreg.execution import choose, make_call
 
 BATCH, HEADS, LENGTH, DIM = 2, 2, 11, 8
 
@@ -73,22 +74,13 @@ class _Attention(torch.nn.Module):
         return attnreg.attention(q, k, v, self.pattern, attention_mask=mask, backend=self.backend, **self.inputs)
 
 
-_BLOCKED_GLOBALS = pytest.mark.xfail(
-    strict=True,
-    reason="blocked engine: the number of global slots is read from the data (int(counts.max())) and sizes the "
-    "kernel's chunk loop, so it cannot be traced",
-)
 _KINDS = {
     "reference": ("window", "globals", "tglobal"),
     "dense-sdpa": ("window", "globals", "tglobal"),
-    "blocked": ("window", "causal", "globals", "tglobal"),
+    "blocked": ("window", "causal", "tglobal"),
     None: ("window", "globals"),
 }
-CASES = [
-    pytest.param(backend, kind, marks=_BLOCKED_GLOBALS if (backend, kind) == ("blocked", "globals") else ())
-    for backend, kinds in _KINDS.items()
-    for kind in kinds
-]
+CASES = [(backend, kind) for backend, kinds in _KINDS.items() for kind in kinds]
 
 
 @pytest.mark.parametrize(("backend", "kind"), CASES)
@@ -105,6 +97,32 @@ def test_attention_exports(backend, kind):
     args = _qkvm()
     exported = torch.export.export(module, args)
     torch.testing.assert_close(exported.module()(*args), module(*args))
+
+
+@pytest.mark.parametrize("trace", ["compile", "export"])
+def test_untraceable_engine_is_refused_while_tracing_and_passed_over_by_dispatch(trace):
+    """The blocked engine reads its global slot count from the data: named when pinned, skipped when chosen."""
+    length = 1024  # long enough that eager dispatch picks the blocked engine
+    torch.manual_seed(5)
+    q, k, v, g_q, g_k, g_v = (torch.randn(1, 1, length, 4) for _ in range(6))
+    global_mask = torch.zeros(1, length, dtype=torch.bool)
+    global_mask[0, [0, 7]] = True
+    pattern = Pattern(window=Window(2, 2), selected_globals=SelectedGlobals(own_projections=True))
+    inputs = {"global_mask": global_mask, "global_qkv": (g_q, g_k, g_v)}
+    call = make_call(q, k, v, pattern, **inputs)
+    assert choose(call, attnreg.get_registry().engines()).name == "blocked"
+    args = (q, k, v, torch.ones(1, length, dtype=torch.bool))
+    pinned, chosen = _Attention(pattern, inputs, "blocked"), _Attention(pattern, inputs, None)
+    refusal = "under torch.compile: the number of selected global tokens"
+    if trace == "compile":
+        with pytest.raises(torch._dynamo.exc.Unsupported, match=refusal):
+            torch.compile(pinned, fullgraph=True, backend="aot_eager")(*args)
+        got = torch.compile(chosen, fullgraph=True, backend="aot_eager")(*args)
+    else:
+        with pytest.raises(attnreg.BackendUnavailableError, match=refusal):
+            torch.export.export(pinned, args)
+        got = torch.export.export(chosen, args).module()(*args)
+    torch.testing.assert_close(got, pinned(*args), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["reference", "blocked", None])

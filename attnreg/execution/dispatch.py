@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from attnreg._validation import PatternError
 from attnreg.execution.call import AttentionCall
 from attnreg.execution.engine import Engine
@@ -31,11 +33,24 @@ class Verdict:
         return not self.reasons
 
 
+def refusals(engine: Engine, call: AttentionCall) -> tuple[str, ...]:
+    """Why ``engine`` cannot run ``call``: its own reasons, plus, while torch.compile traces, why it cannot be traced.
+
+    An engine may define ``untraceable_reasons(call) -> list[str]`` (e.g. sizes read from the data); outside
+    tracing it is never asked, so eager dispatch is unchanged.
+    """
+    reasons = list(engine.unsupported_reasons(call))
+    untraceable = getattr(engine, "untraceable_reasons", None)
+    if untraceable is not None and torch.compiler.is_compiling():
+        reasons.extend(f"under torch.compile: {reason}" for reason in untraceable(call))
+    return tuple(reasons)
+
+
 def judge(call: AttentionCall, engines: Sequence[Engine]) -> list[Verdict]:
     """Every engine's verdict on ``call``: supported cheapest first (last-resort engines after), refusals last."""
     verdicts = []
     for engine in engines:
-        reasons = tuple(engine.unsupported_reasons(call))
+        reasons = refusals(engine, call)
         verdicts.append(Verdict(engine, reasons, None if reasons else engine.estimated_cost(call)))
     return sorted(
         verdicts,
@@ -51,7 +66,7 @@ def choose(call: AttentionCall, engines: Sequence[Engine], backend: str | None =
             raise BackendUnavailableError(
                 f"backend={backend!r} is not allowed: known engines are {', '.join(sorted(by_name))}"
             )
-        reasons = by_name[backend].unsupported_reasons(call)
+        reasons = refusals(by_name[backend], call)
         if reasons:
             raise BackendUnavailableError(f"backend={backend!r} cannot run this call: {'; '.join(reasons)}")
         return by_name[backend]

@@ -61,6 +61,12 @@ class BlockedEngine(Engine):
     def unsupported_reasons(self, call: AttentionCall) -> list[str]:
         return []
 
+    def untraceable_reasons(self, call: AttentionCall) -> list[str]:
+        """Asked by the dispatcher under torch.compile only: the global slot count is read from the data."""
+        if call.pattern.selected_globals is not None and call.global_mask is not None:
+            return ["the number of selected global tokens (slots) is read from the data"]
+        return []
+
     def estimated_cost(self, call: AttentionCall) -> float:
         rate = _CPU_RATE if call.device.type == "cpu" else _GPU_RATE
         factor = 3.0 if call.requires_grad else 1.0
