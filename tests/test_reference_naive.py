@@ -238,7 +238,8 @@ def test_gradcheck_in_float64_for_every_differentiable_input():
     assert torch.autograd.gradcheck(run, (q, k, v, gq, gk, gv, ak, av, bias_weight, aggregated_bias_weight))
 
 
-def test_reference_runs_on_the_device_of_its_inputs_without_masks():
+@pytest.mark.parametrize("backend", ["reference", "dense-sdpa"])
+def test_dense_engines_run_on_the_device_of_their_inputs_without_masks(backend):
     pattern = PATTERNS["tglobal"]
     q = torch.randn(1, 2, 7, 4, device="meta")
     aggregated = torch.randn(1, 2, 2, 4, device="meta")
@@ -251,7 +252,7 @@ def test_reference_runs_on_the_device_of_its_inputs_without_masks():
         aggregated_kv=(aggregated, aggregated),
         bias_weight=table,
         aggregated_bias_weight=table,
-        backend="reference",
+        backend=backend,
     )
     assert out.shape == q.shape
     assert out.device.type == "meta"

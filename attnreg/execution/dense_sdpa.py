@@ -46,7 +46,7 @@ def _keys(call: AttentionCall, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.
 
 def dense_sdpa_attention(call: AttentionCall) -> torch.Tensor:
     """The output ``(batch, heads, length, head_dim)`` of ``call`` by dense SDPA (a second call for global rows)."""
-    layout = call.pattern.materialize(call.length, call.attention_mask, call.global_mask)
+    layout = call.pattern.materialize(call.length, call.attention_mask, call.global_mask, device=call.device)
     mask, empty = dense_mask(call, layout)
     k, v = _keys(call, call.k, call.v)
     out = F.scaled_dot_product_attention(call.q, k, v, attn_mask=mask, scale=call.scale)
