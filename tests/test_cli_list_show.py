@@ -245,3 +245,9 @@ def test_show_boolean_and_float_parameters(capsys):
 def test_show_renames_a_parameter_that_clashes_with_its_own_options_and_parses_untyped_ones(argv, window, capsys):
     assert main(["show", "demo-clashing-options", *argv]) == 0
     assert f"Pattern(window={window})" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "status"), [(["-h"], 0), (["--help"], 0), ([], 2)])
+def test_show_without_a_name_prints_its_usage(argv, status, capsys):
+    assert main(["show", *argv]) == status
+    assert "usage: attnreg show NAME" in capsys.readouterr().out
