@@ -171,42 +171,86 @@ def test_swapped_transformer_encoder_compiles_and_exports():
     torch.testing.assert_close(exported, expected)
 
 
+class _Logits(torch.nn.Module):
+    """A built model whose output is its logits (or hidden states): what export's output check reads."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, input_ids: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        output = self.model(input_ids, **inputs)
+        return output.logits if hasattr(output, "logits") else output[0]
+
+
+def _generic(name: str, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.nn.Module, dict]:
+    sizes = {"vocab_size": 50, "d_model": 16, "n_layers": 1, "n_heads": 4, "d_ff": 32, "max_length": 32}
+    if name == "encoder-every-part":
+        bias = RelativePositionBias(8, 16)
+        pattern = Pattern(
+            window=Window(2, 2),
+            selected_globals=SelectedGlobals(own_projections=True),
+            aggregated_globals=AggregatedGlobals(4),
+            bias=bias,
+            aggregated_bias=bias,
+        )
+        global_mask = torch.zeros_like(mask)
+        global_mask[:, 0] = 1
+        inputs = {"attention_mask": mask, "global_attention_mask": global_mask}
+        return attnreg.build("encoder", pattern=pattern, **sizes), inputs
+    model = attnreg.build(name, pattern=Pattern(window=Window(2, 1)), **sizes)
+    inputs = {"attention_mask": mask, **({"labels": ids} if name == "encoder-decoder" else {})}
+    return model, inputs
+
+
 def _built(name: str) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(0)
     ids = torch.randint(3, 50, (2, 16))
     mask = torch.ones(2, 16, dtype=torch.long)
     mask[1, -5:] = 0
-    if name.startswith("longt5"):
+    if name.startswith("encoder"):
+        model, inputs = _generic(name, ids, mask)
+    elif name.startswith("longt5"):
         pytest.importorskip("attnreg_longt5", reason="the longt5 plugin is not installed")
         config = dict(vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4, local_radius=3)
         model = attnreg.build(name, {**config, "global_block_size": 4}, head="encoder")
-        return model.eval(), {"input_ids": ids, "attention_mask": mask}
-    pytest.importorskip("attnreg_longformer", reason="the longformer plugin is not installed")
-    config = dict(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=32,
-        attention_window=4,
-        max_position_embeddings=40,
-    )
-    inputs = {"input_ids": ids, "attention_mask": mask}
-    if name == "longformer-globals":
-        inputs["global_attention_mask"] = torch.zeros_like(mask)
-        inputs["global_attention_mask"][0, 0] = inputs["global_attention_mask"][1, 2] = 1
-    return attnreg.build("longformer", config).eval(), inputs
+        inputs = {"attention_mask": mask}
+    else:
+        pytest.importorskip("attnreg_longformer", reason="the longformer plugin is not installed")
+        config = dict(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=32,
+            attention_window=4,
+            max_position_embeddings=40,
+        )
+        model = attnreg.build("longformer", config)
+        inputs = {"attention_mask": mask}
+        if name == "longformer-globals":
+            inputs["global_attention_mask"] = torch.zeros_like(mask)
+            inputs["global_attention_mask"][0, 0] = inputs["global_attention_mask"][1, 2] = 1
+    return _Logits(model), {"input_ids": ids, **inputs}
 
 
-BUILT = ["longt5-local", "longt5-tglobal", "longformer", "longformer-globals"]
+BUILT = [
+    "encoder",
+    "encoder-every-part",
+    "encoder-decoder",
+    "longt5-local",
+    "longt5-tglobal",
+    "longformer",
+    "longformer-globals",
+]
 
 
 @pytest.mark.parametrize("name", BUILT)
 def test_built_model_compiles_without_graph_break(name):
     model, inputs = _built(name)
     with torch.no_grad():
-        expected = model(**inputs)[0]
-        got = torch.compile(model, fullgraph=True, backend="aot_eager")(**inputs)[0]
+        expected = model(**inputs)
+        got = torch.compile(model, fullgraph=True, backend="aot_eager")(**inputs)
     torch.testing.assert_close(got, expected)
 
 
@@ -214,6 +258,6 @@ def test_built_model_compiles_without_graph_break(name):
 def test_built_model_exports(name):
     model, inputs = _built(name)
     with torch.no_grad():
-        expected = model(**inputs)[0]
-        got = torch.export.export(model, (), inputs).module()(**inputs)[0]
+        expected = model(**inputs)
+        got = torch.export.export(model, (), inputs).module()(**inputs)
     torch.testing.assert_close(got, expected)
