@@ -41,6 +41,28 @@ DEMO = """
         registry.add_pattern("demo-globals", demo_globals)
         registry.add_pattern("demo-clashing-options", demo_clashing_options)
 """
+ENGINES = """
+    import attnreg
+
+
+    class DemoEngine(attnreg.Engine):
+        name = "demo-engine"
+        description = "refuses every call (a test engine)"
+
+        def unsupported_reasons(self, call):
+            return ["it is only a demo"]
+
+        def estimated_cost(self, call):
+            return 0.0
+
+        def __call__(self, call):
+            raise AssertionError("never chosen")
+
+
+    @attnreg.hookimpl
+    def attnreg_add_engines(registry):
+        registry.add_engine(DemoEngine())
+"""
 BROKEN = "import attnreg\nraise ImportError('this plugin is broken on purpose')\n"
 CLASH = """
     import attnreg
@@ -55,7 +77,13 @@ CLASH = """
 def sites(tmp_path_factory, write_distribution):
     """One folder with a working, a broken and two clashing plugin distributions."""
     site = tmp_path_factory.mktemp("site")
-    write_distribution(site, "attnreg-demo", "1.2.3", {"demo_plugin": DEMO}, {"demo": "demo_plugin"})
+    write_distribution(
+        site,
+        "attnreg-demo",
+        "1.2.3",
+        {"demo_plugin": DEMO, "demo_engines": ENGINES},
+        {"demo": "demo_plugin", "demo_engines": "demo_engines"},
+    )
     write_distribution(site, "attnreg-broken", "0.3", {"broken_plugin": BROKEN}, {"broken": "broken_plugin"})
     write_distribution(site, "attnreg-clash-a", "1.0", {"clash_a": CLASH}, {"clash_a": "clash_a"})
     write_distribution(site, "attnreg-clash-b", "2.0", {"clash_b": CLASH}, {"clash_b": "clash_b"})
@@ -78,9 +106,10 @@ def test_list_shows_each_pattern_with_its_plugin_version_and_description(listed)
     assert row.endswith("A local window plus one aggregated key per block (a test pattern).")
 
 
-def test_list_shows_the_engines(listed):
-    section = listed.stdout.split("engines:")[1]
-    assert "reference" in section.split("\n\n")[0]
+def test_list_shows_the_engines_with_their_plugin(listed):
+    section = [line.split() for line in listed.stdout.split("engines:")[1].split("\n\n")[0].splitlines()]
+    assert ["reference", "attnreg.core", "attnreg", "(core)"] in [row[:4] for row in section]
+    assert ["demo-engine", "demo_engines", "attnreg-demo", "1.2.3", "refuses"] in [row[:5] for row in section]
 
 
 def test_list_shows_a_broken_plugin_with_the_end_of_its_traceback(listed):
