@@ -53,7 +53,17 @@ def longt5_tglobal() -> nn.Module:
     return attnreg.build("longt5-tglobal", config, head="encoder")
 
 
-MODELS: dict[str, Callable[[], nn.Module]] = {"swapped-encoder": SwappedEncoder, "longt5-tglobal": longt5_tglobal}
+def generic_encoder() -> nn.Module:
+    """The core's generic ``encoder`` builder with a windowed pattern (no plugin needed)."""
+    sizes = {"vocab_size": 50, "d_model": 16, "n_layers": 2, "n_heads": 4, "d_ff": 32, "max_length": 32}
+    return attnreg.build("encoder", pattern=Pattern(window=Window(2, 3)), **sizes)
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "encoder": generic_encoder,
+    "swapped-encoder": SwappedEncoder,
+    "longt5-tglobal": longt5_tglobal,
+}
 
 
 def make_model(name: str, backend: str | None) -> nn.Module:
@@ -76,8 +86,9 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def loss_of(model: nn.Module, name: str, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of a per-example loss, so the average over ranks equals the whole batch's."""
-    hidden = model(input_ids=ids, attention_mask=real.long())
-    hidden = hidden if isinstance(hidden, torch.Tensor) else hidden.last_hidden_state
+    output = model(input_ids=ids, attention_mask=real.long())
+    hidden = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+    hidden = output.last_hidden_state if hidden is None else hidden
     per_example = (hidden.square() * real[..., None]).sum(dim=(1, 2)) / real.sum(dim=1)
     return per_example.mean()
 

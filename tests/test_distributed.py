@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
-MODELS = ["swapped-encoder"] + (["longt5-tglobal"] if importlib.util.find_spec("attnreg_longt5") else [])
+MODELS = ["encoder", "swapped-encoder"] + (["longt5-tglobal"] if importlib.util.find_spec("attnreg_longt5") else [])
 WRAPS = ["ddp", "fsdp"]
 
 
