@@ -23,6 +23,8 @@ from attnreg.registry import get_registry
 _QUADRATIC = frozenset({"reference", "dense-sdpa"})
 #: A measurement is skipped when predicted to need more than this share of the free memory.
 _MEMORY_SHARE = 0.5
+#: A quadratic variant is not started beyond this length without a shorter measurement to predict from.
+_BLIND_QUADRATIC_LIMIT = 8192
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,9 @@ def _measure(
     if label in stopped:
         return Measurement(length, label, note=stopped[label])
     predicted = _predict(history, label, length)
+    if predicted is None and label in _QUADRATIC and length > _BLIND_QUADRATIC_LIMIT:
+        stopped[label] = f"skipped: quadratic, not started above {_BLIND_QUADRATIC_LIMIT} without a shorter run"
+        return Measurement(length, label, note=stopped[label])
     if predicted is not None:
         seconds, memory = predicted
         if seconds * (result.repeats + 1) > result.max_seconds:

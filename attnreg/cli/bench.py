@@ -17,7 +17,7 @@ from attnreg.registry import ConflictError, PluginError, UnknownNameError, get_r
 
 USAGE = (
     "attnreg bench NAME [--lengths 512,1024,2048] [--grad] [--batch 1] [--dtype float32] [--device cpu] "
-    "[--repeats 3] [--engines a,b] [--plot FILE.png] [--bare] [--PATTERN-PARAMETER VALUE ...]"
+    "[--repeats 3] [--engines a,b] [--threads N] [--plot FILE.png] [--bare] [--PATTERN-PARAMETER VALUE ...]"
 )
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_LENGTHS = "512,1024,2048"
@@ -70,6 +70,7 @@ def bench_parser(name: str, *, with_pattern: bool) -> argparse.ArgumentParser:
     )
     parser.add_argument("--plot", metavar="FILE", help="also draw time and memory against length, log-log, into FILE")
     parser.add_argument("--bare", action="store_true", help="bench the bare attention call even if a layer exists")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     if with_pattern:
         add_pattern_options(parser, name)
@@ -97,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
             known = [engine.name for engine in registry.engines()]
             unknown = [name for name in engines if name not in known]
             require(not unknown, "--engines", options.engines, f"known engines are {', '.join(known)}")
+        if options.threads is not None:
+            require(options.threads >= 1, "--threads", options.threads, "expected an int >= 1")
+            torch.set_num_threads(options.threads)
         if options.device.startswith("cuda"):
             require(torch.cuda.is_available(), "--device", options.device, "CUDA is not available on this machine")
         result = run_benchmark(
