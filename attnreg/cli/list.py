@@ -10,8 +10,15 @@ import argparse
 import sys
 from collections.abc import Iterable
 
-from attnreg.execution.engine import Engine
-from attnreg.registry import ConflictError, PluginError, Registry, get_registry
+from attnreg.registry import (
+    BenchmarkEntry,
+    BuilderEntry,
+    ConflictError,
+    PatternEntry,
+    PluginError,
+    Registry,
+    get_registry,
+)
 from attnreg.registry.registry import DISABLE_ENV
 
 TRACEBACK_LINES = 4
@@ -40,21 +47,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(registry: Registry, *, verbose: bool = False) -> str:
-    """The registry as text: one section per kind, then failed plugins and conflicts."""
+    """The registry as text: one section per kind, then failed plugins, conflicts and disabled plugins."""
     sections = [
-        _section(
-            "patterns",
-            ((e.name, e.plugin.name, e.plugin.source, e.description) for e in registry.patterns.values()),
-        ),
-        _section(
-            "builders",
-            ((e.name, e.plugin.name, e.plugin.source, e.description) for e in registry.builders.values()),
-        ),
-        _section("engines", ((name, *_owner(registry, name), e.description) for name, e in _engines(registry))),
-        _section(
-            "benchmarks",
-            ((e.name, e.plugin.name, e.plugin.source, e.description) for e in registry.benchmarks.values()),
-        ),
+        _section("patterns", _rows(registry.patterns.values())),
+        _section("builders", _rows(registry.builders.values())),
+        _section("engines", _engine_rows(registry)),
+        _section("benchmarks", _rows(registry.benchmarks.values())),
         _failures(registry, verbose),
         _conflicts(registry),
         _disabled(registry),
@@ -62,7 +60,24 @@ def render(registry: Registry, *, verbose: bool = False) -> str:
     return "\n\n".join(s for s in sections if s)
 
 
-def _section(title: str, rows: Iterable[tuple[str, str, str, str]]) -> str:
+Row = tuple[str, str, str, str]
+
+
+def _rows(entries: Iterable[PatternEntry | BuilderEntry | BenchmarkEntry]) -> list[Row]:
+    """(name, plugin, distribution and version, description) of registered entries."""
+    return [(e.name, e.plugin.name, e.plugin.source, e.description) for e in entries]
+
+
+def _engine_rows(registry: Registry) -> list[Row]:
+    """The same columns for engines, whose plugin the registry keeps apart."""
+    rows = []
+    for name, engine in registry.engine_table.items():
+        info = registry.engine_plugins.get(name)
+        rows.append((name, info.name if info else "?", info.source if info else "", engine.description))
+    return rows
+
+
+def _section(title: str, rows: list[Row]) -> str:
     rows = sorted(rows)
     if not rows:
         return f"{title}: (none)"
@@ -72,16 +87,6 @@ def _section(title: str, rows: Iterable[tuple[str, str, str, str]]) -> str:
         cells = [row[i].ljust(widths[i]) for i in range(3)]
         lines.append(f"  {cells[0]}  {cells[1]}  {cells[2]}  {row[3]}".rstrip())
     return "\n".join(lines)
-
-
-def _engines(registry: Registry) -> list[tuple[str, Engine]]:
-    return sorted(registry.engine_table.items())
-
-
-def _owner(registry: Registry, engine_name: str) -> tuple[str, str]:
-    """The plugin that added an engine."""
-    info = registry.engine_plugins.get(engine_name)
-    return (info.name, info.source) if info else ("?", "")
 
 
 def _failures(registry: Registry, verbose: bool) -> str:
