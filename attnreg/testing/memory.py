@@ -77,7 +77,7 @@ def linear_memory(ctx: Context) -> tuple[str, str]:
     """The engine's peak memory at 4n is at most 4.5x that at n (more only as far as the pattern's pairs grow)."""
     if ctx.engine.name in QUADRATIC_BY_DESIGN or getattr(ctx.engine, "quadratic_memory", False):
         return SKIP, f"engine {ctx.engine.name!r} is quadratic by design (the dense ground truth)"
-    short = max(64, 2 * block_sizes(ctx.pattern)[-1])
+    short = max(256, 4 * block_sizes(ctx.pattern)[-1])
     long = 4 * short
     pair_growth = ctx.pattern.cost(long).allowed_pairs / ctx.pattern.cost(short).allowed_pairs
     limit = MEMORY_GROWTH_LIMIT * max(1.0, pair_growth / 4)
