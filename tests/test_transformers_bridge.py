@@ -199,3 +199,47 @@ def test_register_all_registers_every_default_pattern():
 def test_register_rejects_hub_kernel_like_names():
     with pytest.raises(PatternError, match="hub kernel"):
         bridge.register("org/kernel", Pattern())
+
+
+def test_global_tokens_pass_through_the_model_kwargs(tmp_path, registered):
+    model_cls, path = _saved(tmp_path, "bert")
+    pattern = Pattern(window=Window(1, 1), selected_globals=SelectedGlobals())
+    model = model_cls.from_pretrained(path, attn_implementation=registered(pattern)).eval()
+    input_ids, attention_mask = _inputs()
+    global_mask = torch.zeros(2, LENGTH, dtype=torch.bool)
+    global_mask[0, 0] = global_mask[1, 5] = True
+    eager = model_cls.from_pretrained(path, attn_implementation="eager").eval()
+    allowed = pattern.materialize(LENGTH, attention_mask.bool(), global_mask).allowed[:, None]
+    mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        got = model(input_ids=input_ids, attention_mask=attention_mask, global_mask=global_mask).last_hidden_state
+        expected = eager(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    real = attention_mask.bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
+def test_output_attentions_gives_the_pattern_weights(tmp_path, registered):
+    model_cls, path = _saved(tmp_path, "bert")
+    pattern = Pattern(window=Window(2, 0))
+    model = model_cls.from_pretrained(path, attn_implementation=registered(pattern)).eval()
+    input_ids, attention_mask = _inputs()
+    with torch.no_grad():
+        weights = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True).attentions
+    allowed = pattern.materialize(LENGTH, attention_mask.bool()).allowed[:, None]
+    assert len(weights) == 2 and weights[0].shape == (2, 4, LENGTH, LENGTH)
+    assert bool((weights[0][~allowed.expand_as(weights[0])] == 0).all())
+    real_rows = attention_mask.bool()[:, None, :, None].expand_as(weights[0])
+    torch.testing.assert_close(weights[0].sum(-1)[real_rows[..., 0]], torch.ones(int(real_rows[..., 0].sum())))
+
+
+def test_bridged_model_compiles_without_graph_break(tmp_path, registered):
+    model_cls, path = _saved(tmp_path, "bert")
+    model = model_cls.from_pretrained(path, attn_implementation=registered(Pattern(window=Window(1, 1)))).eval()
+    input_ids, attention_mask = _inputs()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        got = compiled(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    torch._dynamo.reset()
+    torch.testing.assert_close(got, expected)

@@ -39,8 +39,9 @@ def register(name: str, pattern: Pattern | str, **pattern_params: Any) -> str:
     """
     require(isinstance(name, str) and name.strip() == name and name, "name", name, "expected a non-empty string")
     require("/" not in name, "name", name, "a '/' would make transformers read it as a hub kernel")
+    registry = get_registry()  # loaded now: torch.compile can trace a loaded registry, not its loading
     if isinstance(pattern, str):
-        pattern = get_registry().get_pattern(pattern, **pattern_params)
+        pattern = registry.get_pattern(pattern, **pattern_params)
     else:
         require(not pattern_params, "pattern_params", sorted(pattern_params), "only taken with a registered name")
         require(isinstance(pattern, Pattern), "pattern", pattern, "expected an attnreg.Pattern or a registered name")
