@@ -16,10 +16,15 @@ import attnreg
 BATCHES = [[2], [5], [23], [23, 17, 4, 1]]
 
 
-def _pair(checkpoint, **kwargs):
+# the dispatcher's choice, the blocked engine (linear in length), the dense reference
+ENGINES = [None, "blocked", "reference"]
+FAST_ENGINES = [None, "blocked"]
+
+
+def _pair(checkpoint, backend=None, **kwargs):
     name, folder = checkpoint
     theirs = LongT5ForConditionalGeneration.from_pretrained(folder, **kwargs).eval()
-    ours = attnreg.build(name, pretrained=str(folder), **kwargs).eval()
+    ours = attnreg.build(name, pretrained=str(folder), backend=backend, **kwargs).eval()
     return theirs, ours
 
 
@@ -40,9 +45,10 @@ def test_encoder_self_attention_is_attnregs_and_weights_are_the_checkpoints(chec
     assert all(torch.equal(ours_state[key], theirs_state[key]) for key in theirs_state)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("lengths", BATCHES, ids=str)
-def test_logits_equal_transformers(checkpoint, lengths):
-    theirs, ours = _pair(checkpoint)
+def test_logits_equal_transformers(checkpoint, lengths, engine):
+    theirs, ours = _pair(checkpoint, engine)
     ids, mask = padded_batch(lengths)
     with torch.no_grad():
         expected, got = _forward(theirs, ids, mask), _forward(ours, ids, mask)
@@ -53,8 +59,9 @@ def test_logits_equal_transformers(checkpoint, lengths):
     )
 
 
-def test_gradients_of_every_parameter_equal_transformers(checkpoint):
-    theirs, ours = _pair(checkpoint)
+@pytest.mark.parametrize("engine", FAST_ENGINES)
+def test_gradients_of_every_parameter_equal_transformers(checkpoint, engine):
+    theirs, ours = _pair(checkpoint, engine)
     ids, mask = padded_batch([23, 17, 4, 1])
     _forward(theirs, ids, mask).loss.backward()
     _forward(ours, ids, mask).loss.backward()
@@ -74,8 +81,9 @@ def test_generate_gives_the_same_tokens(checkpoint, num_beams):
     torch.testing.assert_close(ours.generate(input_ids=ids, attention_mask=mask, **settings), expected)
 
 
-def test_bf16_forward_and_backward_with_padding_give_no_nan(checkpoint):
-    _, ours = _pair(checkpoint, dtype=torch.bfloat16)
+@pytest.mark.parametrize("engine", FAST_ENGINES)
+def test_bf16_forward_and_backward_with_padding_give_no_nan(checkpoint, engine):
+    _, ours = _pair(checkpoint, engine, dtype=torch.bfloat16)
     ids, mask = padded_batch([23, 17, 4, 1])
     output = _forward(ours, ids, mask)
     output.loss.backward()
