@@ -225,3 +225,24 @@ def test_backend_attribute_is_passed_on():
     x, _ = _inputs()
     with pytest.raises(attnreg.BackendUnavailableError, match="no-such-engine"):
         layer(x, x, x, need_weights=False)
+
+
+def test_include_leaves_other_modules_alone():
+    model = nn.ModuleDict({"a": nn.MultiheadAttention(EMBED, HEADS), "b": nn.MultiheadAttention(EMBED, HEADS)})
+    attnreg.swap(model, Pattern(), include=lambda name, module: name == "a")
+    assert isinstance(model["a"], PatternAttention) and type(model["b"]) is nn.MultiheadAttention
+
+
+def test_a_lone_module_or_a_model_without_attention_is_refused():
+    with pytest.raises(PatternError, match="from_multihead"):
+        attnreg.swap(nn.MultiheadAttention(EMBED, HEADS), Pattern())
+    with pytest.raises(PatternError, match="at least one"):
+        attnreg.swap(nn.Linear(2, 2), Pattern())
+
+
+def test_mha_state_dict_loads_into_pattern_attention():
+    mha = nn.MultiheadAttention(EMBED, HEADS, batch_first=True)
+    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window(1, 1)))
+    layer.load_state_dict(mha.state_dict())
+    torch.testing.assert_close(layer.in_proj_weight, mha.in_proj_weight)
+    mha.load_state_dict(layer.state_dict())

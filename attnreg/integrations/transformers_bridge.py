@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -192,7 +193,7 @@ def _call_problems(
 
 def _scaled(pattern: Pattern, scaling: float | None, head_dim: int, name: str, where: str) -> Pattern:
     """``pattern`` with the model's score scale; a pattern with its own, different scale is an error."""
-    if scaling is None or scaling == pattern.score_scale(head_dim):
+    if scaling is None or math.isclose(scaling, pattern.score_scale(head_dim), rel_tol=1e-9):
         return pattern
     if pattern.scale is not None:
         _refuse(name, where, [f"the pattern's scale={pattern.scale} differs from the model's scaling={scaling}"])

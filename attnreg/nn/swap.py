@@ -74,7 +74,13 @@ def from_multihead(
         device=weight.device,
         dtype=weight.dtype,
     )
-    layer.load_state_dict(mha.state_dict(), strict=False)
+    loaded = layer.load_state_dict(mha.state_dict(), strict=False)
+    require(
+        not loaded.unexpected_keys,
+        name,
+        sorted(loaded.unexpected_keys),
+        "these nn.MultiheadAttention weights have no place in PatternAttention",
+    )
     with torch.no_grad():
         if layer.global_in_proj_weight is not None:
             layer.global_in_proj_weight.copy_(mha.in_proj_weight)
