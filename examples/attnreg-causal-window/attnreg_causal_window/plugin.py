@@ -1,0 +1,12 @@
+"""The plugin module named by the ``attnreg`` entry point: hooks attnreg calls when it loads its registry."""
+
+from __future__ import annotations
+
+import attnreg
+from attnreg_causal_window.pattern import causal_window
+
+
+@attnreg.hookimpl
+def attnreg_add_patterns(registry) -> None:
+    """Register ``causal-window``; its parameters are ``causal_window``'s keyword arguments."""
+    registry.add_pattern("causal-window", causal_window)
