@@ -86,6 +86,13 @@ def make_config(config: LongformerConfig | dict[str, Any] | None, overrides: dic
     for key, value in overrides.items():
         setattr(config, key, value)
     windows = config.attention_window
+    if isinstance(windows, (list, tuple)):
+        require(
+            len(windows) == config.num_hidden_layers,
+            "config.attention_window",
+            list(windows),
+            f"expected one window per layer: {config.num_hidden_layers} (config.num_hidden_layers), or one int",
+        )
     for layer_id in range(config.num_hidden_layers if isinstance(windows, (list, tuple)) else 1):
         layer_pattern(windows, layer_id)
     return config

@@ -21,6 +21,7 @@ CASES = {
     "inside-a-window": ([21, 21], [[9, 10], [2, 12]]),
     "different-lengths": ([21, 13, 6], [[0], [12], [2, 5]]),
     "short": ([3, 1], [[1], [0]]),
+    "an-empty-example": ([21, 0, 6], [[0], [], [5]]),
 }
 
 
@@ -134,6 +135,7 @@ def test_default_config_is_the_base_size() -> None:
         ({"config": {"hidden_sise": 32}}, "hidden_sise"),
         ({"config": 3}, "config='int'"),
         ({"config": {**TINY_CONFIG, "attention_window": [4, 5]}}, r"config.attention_window\[1\]=5"),
+        ({"config": {**TINY_CONFIG, "attention_window": [4, 8, 8]}}, r"config.attention_window=\[4, 8, 8\]"),
     ],
 )
 def test_bad_arguments_are_errors_naming_them(kwargs: dict, named: str) -> None:
@@ -157,3 +159,21 @@ def test_half_precision_forward_and_backward_have_no_nan(checkpoint, dtype: torc
         expected = reference(**batch).logits
     keep = batch["attention_mask"].bool()
     assert (output.logits.float() - expected)[keep].abs().max() < 0.1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_matches_transformers_and_half_is_finite(checkpoint, dtype: torch.dtype) -> None:
+    ours, theirs = pair(checkpoint, "LongformerForMaskedLM")
+    ours.to("cuda", dtype)
+    theirs.to("cuda")
+    batch = {key: value.cuda() for key, value in make_batch([21, 13, 6], [[0, 20], [3, 4], [5]]).items()}
+    output = ours(**batch, labels=batch["input_ids"])
+    output.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in ours.parameters() if p.grad is not None)
+    with torch.no_grad():
+        expected = theirs(**batch).logits
+    keep = batch["attention_mask"].bool()
+    tolerance = 1e-4 if dtype == torch.float32 else 0.1
+    assert (output.logits.float() - expected)[keep].abs().max() <= tolerance
