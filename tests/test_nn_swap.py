@@ -246,3 +246,29 @@ def test_mha_state_dict_loads_into_pattern_attention():
     layer.load_state_dict(mha.state_dict())
     torch.testing.assert_close(layer.in_proj_weight, mha.in_proj_weight)
     mha.load_state_dict(layer.state_dict())
+
+
+def test_gradients_match_masked_mha_on_real_positions():
+    x, padding = _inputs()
+    pattern = Pattern(window=Window(2, 1))
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(EMBED, HEADS, batch_first=True)
+    layer = attnreg.nn.from_multihead(mha, pattern)
+    allowed = pattern.materialize(LENGTH, ~padding).allowed
+    real = (~padding)[..., None]
+    (_masked_mha_reference(mha, x, allowed) * real).square().sum().backward()
+    (layer(x, x, x, key_padding_mask=padding, need_weights=False)[0] * real).square().sum().backward()
+    for name in ("in_proj_weight", "in_proj_bias"):
+        torch.testing.assert_close(getattr(layer, name).grad, getattr(mha, name).grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(layer.out_proj.weight.grad, mha.out_proj.weight.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_bfloat16_runs_without_nan_close_to_float32():
+    x, padding = _inputs()
+    torch.manual_seed(0)
+    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window(2, 2))).eval()
+    with torch.no_grad():
+        full, _ = layer(x, x, x, key_padding_mask=padding, need_weights=False)
+        half, _ = layer.to(torch.bfloat16)(*(x.bfloat16(),) * 3, key_padding_mask=padding, need_weights=False)
+    assert half.dtype == torch.bfloat16 and torch.isfinite(half).all()
+    torch.testing.assert_close(half.float(), full, atol=3e-2, rtol=3e-2)
