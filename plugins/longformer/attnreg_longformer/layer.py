@@ -95,8 +95,7 @@ class LongformerSelfAttention(nn.Module):
         if output_attentions:
             local, global_ = transformers_probs(weights, masks.global_mask, self.one_sided_attn_window_size)
             outputs += (local,)
-            has_globals = bool(is_global_attn) if is_global_attn is not None else masks.global_mask is not None
-            if has_globals and masks.global_mask is not None:
+            if masks.global_mask is not None and (is_global_attn or bool(masks.global_mask.any())):
                 outputs += (global_,)
         return outputs
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from attnreg_longformer import LongformerSelfAttention
+from attnreg_longformer import LongformerSelfAttention, use_attnreg_attention
 from conftest import TINY_CONFIG, make_batch
 from transformers.models.longformer import modeling_longformer
 
@@ -177,3 +177,14 @@ def test_cuda_matches_transformers_and_half_is_finite(checkpoint, dtype: torch.d
     keep = batch["attention_mask"].bool()
     tolerance = 1e-4 if dtype == torch.float32 else 0.1
     assert (output.logits.float() - expected)[keep].abs().max() <= tolerance
+
+
+def test_switching_a_loaded_model_in_place(checkpoint) -> None:
+    ours, _ = pair(checkpoint)
+    switched = use_attnreg_attention(transformers.LongformerModel.from_pretrained(checkpoint()).eval())
+    assert not any(isinstance(m, modeling_longformer.LongformerSelfAttention) for m in switched.modules())
+    batch = make_batch([21, 9], [[0], [8]])
+    with torch.no_grad():
+        torch.testing.assert_close(switched(**batch).last_hidden_state, ours(**batch).last_hidden_state)
+    with pytest.raises(attnreg.PatternError, match="model=Linear"):
+        use_attnreg_attention(torch.nn.Linear(2, 2))
