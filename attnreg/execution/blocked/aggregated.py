@@ -14,28 +14,48 @@ from attnreg.execution.blocked.merge import Part
 from attnreg.execution.call import AttentionCall
 
 
-def aggregated_part(call: AttentionCall, real: torch.Tensor) -> Part:
-    """Every real query against the aggregated keys up to its example's last full block."""
-    aggregated = call.pattern.aggregated_globals
-    count = call.count
-    groups = Blocks(length=call.length, size=min(aggregated.global_block_size, call.length))
-    last = aggregated.block_ids(real).amax(dim=-1, keepdim=True)  # (batch, 1): the last full block, -1 if none
-    slots = torch.arange(count, device=call.device)
-    valid = slots <= last
-    bias = None
-    if call.aggregated_bias_weight is not None:
-        group_block = torch.minimum(torch.arange(groups.count, device=call.device), last)  # (batch, groups)
-        rel = slots[None, None, :] - group_block[:, :, None]
-        table = table_dtype(call.aggregated_bias_weight)
-        bias = call.pattern.aggregated_bias.lookup(table, rel).movedim(0, 1)[:, :, :, None]
-    out, lse = blocked_attention(
-        groups.split(call.q),
+def last_block(call: AttentionCall, real: torch.Tensor) -> torch.Tensor:
+    """``(batch, 1)``: each example's last aggregated token a query may see (its last full block), -1 if none."""
+    return call.pattern.aggregated_globals.block_ids(real).amax(dim=-1, keepdim=True)
+
+
+def _bias(call: AttentionCall, query_block: torch.Tensor) -> torch.Tensor | None:
+    """``(batch, heads, *rest, count)`` bias of ``g - query_block`` for ``(batch, *rest)`` query blocks."""
+    if call.aggregated_bias_weight is None:
+        return None
+    slots = torch.arange(call.count, device=call.device)
+    rel = slots - query_block.unsqueeze(-1)
+    return call.pattern.aggregated_bias.lookup(table_dtype(call.aggregated_bias_weight), rel).movedim(0, 1)
+
+
+def _attend(call: AttentionCall, q: torch.Tensor, bias: torch.Tensor | None, last: torch.Tensor):
+    valid = torch.arange(call.count, device=call.device) <= last
+    return blocked_attention(
+        q,
         call.aggregated_k,
         call.aggregated_v,
-        size=count,
+        size=call.count,
         step=0,
         scale=call.scale,
         bias=bias,
         valid=valid[:, None, None, None, :],
     )
+
+
+def aggregated_part(call: AttentionCall, real: torch.Tensor) -> Part:
+    """Every query against the aggregated keys up to its example's last full block."""
+    groups = Blocks(length=call.length, size=min(call.pattern.aggregated_globals.global_block_size, call.length))
+    last = last_block(call, real)
+    group_block = torch.minimum(torch.arange(groups.count, device=call.device), last)  # (batch, groups)
+    bias = _bias(call, group_block)
+    out, lse = _attend(call, groups.split(call.q), None if bias is None else bias.unsqueeze(-2), last)
     return Part(groups.join(out), groups.join(lse), (last >= 0)[:, :, None])
+
+
+def aggregated_slot_part(call: AttentionCall, real: torch.Tensor, q: torch.Tensor, positions: torch.Tensor) -> Part:
+    """Queries ``q`` ``(batch, heads, slots, dim)`` at ``positions`` ``(batch, slots)`` against the aggregated keys."""
+    last = last_block(call, real)
+    query_block = torch.minimum(positions // call.pattern.aggregated_globals.global_block_size, last)
+    bias = _bias(call, query_block)
+    out, lse = _attend(call, q[:, :, None], None if bias is None else bias[:, :, None], last)
+    return Part(out[:, :, 0], lse[:, :, 0], (last >= 0)[:, :, None])

@@ -45,14 +45,31 @@ def chunk_size(shape: tuple[int, ...]) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, batch * heads * queries * keys))
 
 
+def _products(a: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
+    """``a @ b`` per block: ``a`` ``(batch, heads, c, rows, x)``; ``b`` ``(batch, heads, c, x, y)``, or one
+    ``(batch, heads, x, y)`` shared by every block (then a single matmul over all the chunk's rows)."""
+    if not shared:
+        return a @ b
+    return (a.flatten(2, 3) @ b).view(*a.shape[:-1], b.shape[-1])
+
+
+def _key_grad(a: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
+    """``aᵀ @ b`` per block (``(batch, heads, c, keys, dim)``), or summed over the chunk's blocks when shared."""
+    if not shared:
+        return a.transpose(-1, -2) @ b
+    return a.flatten(2, 3).transpose(-1, -2) @ b.flatten(2, 3)
+
+
 def _flash_ok(q: torch.Tensor) -> bool:
     return q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _forward_chunk(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float, shared: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output and log-sum-exp of one chunk ``(batch, heads, c, queries, dim)``; fully masked rows give 0 and 0."""
+    """Output and log-sum-exp of one chunk ``(batch, heads, c, queries, dim)``; fully masked rows give 0 and 0.
+
+    ``k``/``v``: ``(batch, heads, c, keys, dim)`` views (stride 0 over blocks when ``shared``)."""
     if _flash_ok(q):
         outs, lses = [], []
         for example in range(q.shape[0]):
@@ -68,12 +85,14 @@ def _forward_chunk(
             lses.append(lse.float())  # the fused kernel returns fp32 (fp64 is not routed here)
         return torch.stack(outs), torch.stack(lses)
     compute = torch.promote_types(q.dtype, torch.float32)
-    scores = (q.to(compute) @ k.to(compute).transpose(-1, -2)) * scale
+    if shared:
+        k, v = k[:, :, 0], v[:, :, 0]
+    scores = _products(q.to(compute), k.to(compute).transpose(-1, -2), shared) * scale
     if mask is not None:
         scores = scores + mask
     lse = torch.logsumexp(scores, dim=-1)
     lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-    out = torch.exp(scores - lse.unsqueeze(-1)) @ v.to(compute)
+    out = _products(torch.exp(scores - lse.unsqueeze(-1)), v.to(compute), shared)
     return out.to(q.dtype), lse
 
 
@@ -111,7 +130,7 @@ class BlockedAttention(torch.autograd.Function):
         for first in range(0, blocks, chunk):
             part = slice(first, min(first + chunk, blocks))
             mask = additive_mask(None if bias is None else bias.detach(), valid, part)
-            out, lse = _forward_chunk(q[:, :, part], kb[:, :, part], vb[:, :, part], mask, scale)
+            out, lse = _forward_chunk(q[:, :, part], kb[:, :, part], vb[:, :, part], mask, scale, step == 0)
             outs.append(out)
             lses.append(lse)
         out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
@@ -135,26 +154,33 @@ class BlockedAttention(torch.autograd.Function):
         dbias = torch.zeros(bias.shape, dtype=bias.dtype, device=q.device) if need_bias else None
         if grad_out is None:
             grad_out = torch.zeros_like(out)
+        shared = step == 0
         for first in range(0, blocks, chunk):
             part = slice(first, min(first + chunk, blocks))
-            qc, kc, vc = q[:, :, part].to(compute), kb[:, :, part].to(compute), vb[:, :, part].to(compute)
-            scores = (qc @ kc.transpose(-1, -2)) * scale
+            if shared:
+                kc, vc = k[:, :, :size].to(compute), v[:, :, :size].to(compute)
+            else:
+                kc, vc = kb[:, :, part].to(compute), vb[:, :, part].to(compute)
+            qc = q[:, :, part].to(compute)
+            scores = _products(qc, kc.transpose(-1, -2), shared).mul_(scale)
             mask = additive_mask(None if bias is None else bias.detach(), valid, part)
             if mask is not None:
-                scores = scores + mask
-            probs = torch.exp(scores - lse[:, :, part].unsqueeze(-1).to(compute))
+                scores += mask
+            probs = scores.sub_(lse[:, :, part].unsqueeze(-1).to(compute)).exp_()
             grad_c = grad_out[:, :, part].to(compute)
             delta = (grad_c * out[:, :, part].to(compute)).sum(-1, keepdim=True)
             if grad_lse is not None:
                 delta = delta - grad_lse[:, :, part].unsqueeze(-1).to(compute)
-            grad_scores = probs * (grad_c @ vc.transpose(-1, -2) - delta)
-            dq[:, :, part] = (grad_scores @ kc) * scale
-            if step == 0:
-                dk[:, :, :size] += torch.einsum("bhcqk,bhcqd->bhkd", grad_scores, qc) * scale
-                dv[:, :, :size] += torch.einsum("bhcqk,bhcqd->bhkd", probs, grad_c)
+            grad_scores = _products(grad_c, vc.transpose(-1, -2), shared).sub_(delta).mul_(probs)
+            dq[:, :, part] = _products(grad_scores, kc, shared).mul_(scale)
+            key_grad = _key_grad(grad_scores, qc, shared).mul_(scale)
+            value_grad = _key_grad(probs, grad_c, shared)
+            if shared:
+                dk[:, :, :size] += key_grad
+                dv[:, :, :size] += value_grad
             else:
-                _fold(dk, grad_scores.transpose(-1, -2) @ qc * scale, first, step)
-                _fold(dv, probs.transpose(-1, -2) @ grad_c, first, step)
+                _fold(dk, key_grad, first, step)
+                _fold(dv, value_grad, first, step)
             if need_bias:
                 shape = (*bias.shape[:2], grad_scores.shape[2], *bias.shape[3:])
                 reduced = _reduce_to(grad_scores.to(bias.dtype), shape)

@@ -21,9 +21,9 @@ class Blocks:
     size: int
 
     @classmethod
-    def for_length(cls, length: int, block: int = DEFAULT_BLOCK) -> Blocks:
-        """Blocks of ``block`` queries, or one block of ``length`` when the sequence is shorter."""
-        return cls(length=length, size=min(block, length))
+    def for_length(cls, length: int, block: int | None = None) -> Blocks:
+        """Blocks of ``block`` (default :data:`DEFAULT_BLOCK`) queries, or one block when the sequence is shorter."""
+        return cls(length=length, size=min(block or DEFAULT_BLOCK, length))
 
     @property
     def count(self) -> int:

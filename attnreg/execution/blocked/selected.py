@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+from attnreg.execution.blocked.aggregated import aggregated_slot_part
 from attnreg.execution.blocked.kernel import blocked_attention
 from attnreg.execution.blocked.layout import Blocks, table_dtype
-from attnreg.execution.blocked.merge import Part
+from attnreg.execution.blocked.merge import Part, merge
 from attnreg.execution.call import AttentionCall
 
 
@@ -80,13 +81,14 @@ def global_key_part(call: AttentionCall, blocks: Blocks, slots: Slots) -> Part:
 
 
 def global_query_rows(call: AttentionCall, real: torch.Tensor, slots: Slots) -> torch.Tensor:
-    """The global queries against every real token, ``(batch, heads, slots, dim)``, with their own projections
-    when the call has them."""
+    """The global queries' rows ``(batch, heads, slots, dim)``: against every real token and the aggregated keys,
+    with their own projections when the call has them."""
     q, k, v = (call.global_q, call.global_k, call.global_v) if call.has_global_projections else (call.q, call.k, call.v)
     positions = torch.arange(call.length, device=call.device)
     bias = _bias(call, positions[None, None, :], slots.index[:, :, None])
-    out, _ = blocked_attention(
-        slots.take(q)[:, :, None],
+    queries = slots.take(q)
+    out, lse = blocked_attention(
+        queries[:, :, None],
         k,
         v,
         size=call.length,
@@ -95,4 +97,7 @@ def global_query_rows(call: AttentionCall, real: torch.Tensor, slots: Slots) -> 
         bias=None if bias is None else bias[:, :, None],
         valid=real[:, None, None, None, :],
     )
-    return out[:, :, 0]
+    parts = [Part(out[:, :, 0], lse[:, :, 0])]
+    if call.count > 0:
+        parts.append(aggregated_slot_part(call, real, queries, slots.index))
+    return merge(parts)

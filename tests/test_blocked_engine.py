@@ -1,0 +1,190 @@
+"""The blocked engine against the dense reference: every part and combination, forward and backward.
+
+Lengths around the block size (1, 2, block-1, block, block+1, primes), per-example padding with an all-padding
+example, different global tokens per example; fp64/fp32 tight, bf16/fp16 loose and finite; no n² tensor.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from attnreg import AggregatedGlobals, Pattern, RelativePositionBias, SelectedGlobals, Window
+from attnreg.execution.blocked import BlockedEngine, blocked_attention_call
+from attnreg.execution.blocked.layout import DEFAULT_BLOCK
+from attnreg.execution.call import make_call
+from attnreg.execution.reference import reference_attention
+
+T5_BIAS = RelativePositionBias(num_buckets=32, max_distance=128, bidirectional=True)
+CAUSAL_BIAS = RelativePositionBias(num_buckets=16, max_distance=64, bidirectional=False)
+
+PATTERNS = {
+    "window": Pattern(window=Window(3, 2)),
+    "causal": Pattern(window=Window.causal(5)),
+    "causal-unbounded": Pattern(window=Window.causal(None), bias=CAUSAL_BIAS),
+    "right-only": Pattern(window=Window(0, 4)),
+    "dense": Pattern(window=None),
+    "local-bias": Pattern(window=Window.symmetric(7), bias=T5_BIAS, scale=1.0),
+    "globals": Pattern(window=Window(4, 4), selected_globals=SelectedGlobals()),
+    "globals-own": Pattern(window=Window(4, 4), selected_globals=SelectedGlobals(own_projections=True)),
+    "globals-bias": Pattern(window=Window(6, 3), selected_globals=SelectedGlobals(), bias=T5_BIAS),
+    "tglobal": Pattern(
+        window=Window.symmetric(5),
+        aggregated_globals=AggregatedGlobals(4),
+        bias=T5_BIAS,
+        aggregated_bias=T5_BIAS,
+        scale=1.0,
+    ),
+    "aggregated-only": Pattern(window=Window(2, 2), aggregated_globals=AggregatedGlobals(3)),
+    "everything": Pattern(
+        window=Window(5, 1),
+        selected_globals=SelectedGlobals(own_projections=True),
+        aggregated_globals=AggregatedGlobals(5),
+        bias=T5_BIAS,
+        aggregated_bias=T5_BIAS,
+    ),
+}
+
+SMALL_BLOCK = 8
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 8 queries so short sequences cross several blocks (the code is the same at 128)."""
+    monkeypatch.setattr("attnreg.execution.blocked.layout.DEFAULT_BLOCK", SMALL_BLOCK)
+
+
+def make_inputs(
+    pattern: Pattern, length: int, *, batch: int = 3, dtype=torch.float32, seed: int = 0, heads: int = 2, dim: int = 8
+):
+    """Random inputs for ``pattern``; example 0 padded at the end, the last one all padding (when batch > 2),
+    global tokens: none in example 0, first and last in 1, several in the middle of 2."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator).to(dtype).requires_grad_(True)
+
+    q, k, v = (rand(batch, heads, length, dim) for _ in range(3))
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    mask[0, length // 2 + 1 :] = False
+    if batch > 2:
+        mask[-1] = False
+    kwargs: dict = {"attention_mask": mask}
+    if pattern.selected_globals is not None:
+        globals_ = torch.zeros(batch, length, dtype=torch.bool)
+        if batch > 1:
+            globals_[1, [0, length - 1]] = True
+        if batch > 2:
+            globals_[2, length // 3 :: 4] = True
+        kwargs["global_mask"] = globals_
+        if pattern.selected_globals.own_projections:
+            kwargs["global_qkv"] = tuple(rand(batch, heads, length, dim) for _ in range(3))
+    if pattern.aggregated_globals is not None:
+        count = pattern.aggregated_count(length)
+        kwargs["aggregated_kv"] = (rand(batch, heads, count, dim), rand(batch, heads, count, dim))
+    if pattern.bias is not None:
+        kwargs["bias_weight"] = rand(pattern.bias.num_buckets, heads)
+    if pattern.aggregated_bias is not None:
+        kwargs["aggregated_bias_weight"] = rand(pattern.aggregated_bias.num_buckets, heads)
+    return make_call(q, k, v, pattern, **kwargs)
+
+
+def compare(call, *, atol: float, rtol: float) -> None:
+    """Blocked output and every input gradient equal the reference's."""
+    inputs = {name: t for name, t in call.tensors().items() if t.requires_grad}
+    expected = reference_attention(call)
+    actual = blocked_attention_call(call)
+    assert torch.isfinite(actual).all()
+    torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1)).to(expected.dtype)
+    want = torch.autograd.grad(expected, list(inputs.values()), grad, allow_unused=True)
+    got = torch.autograd.grad(actual, list(inputs.values()), grad, allow_unused=True)
+    for name, w, g in zip(inputs, want, got, strict=True):
+        w = torch.zeros_like(inputs[name]) if w is None else w
+        g = torch.zeros_like(inputs[name]) if g is None else g
+        assert torch.isfinite(g).all(), name
+        torch.testing.assert_close(g.float(), w.float(), atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+LENGTHS = [1, 2, SMALL_BLOCK - 1, SMALL_BLOCK, SMALL_BLOCK + 1, 13, 29]
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_matches_reference_fp32(name: str, length: int) -> None:
+    compare(make_inputs(PATTERNS[name], length), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["local-bias", "globals-own", "tglobal", "everything"])
+def test_matches_reference_fp64_at_default_block(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("attnreg.execution.blocked.layout.DEFAULT_BLOCK", DEFAULT_BLOCK)
+    compare(make_inputs(PATTERNS[name], 2 * DEFAULT_BLOCK + 3, batch=3, dtype=torch.float64), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["local-bias", "globals-own", "tglobal", "everything", "causal-unbounded"])
+def test_half_precision_is_finite_and_close(name: str, dtype: torch.dtype) -> None:
+    compare(make_inputs(PATTERNS[name], 29, dtype=dtype), atol=6e-2, rtol=6e-2)
+
+
+def test_padded_queries_are_zero_and_all_padding_example_has_no_nan() -> None:
+    call = make_inputs(PATTERNS["everything"], 21)
+    out = blocked_attention_call(call)
+    assert (out[0, :, 11:] == 0).all()
+    assert (out[-1] == 0).all()
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in call.tensors().values())
+
+
+@pytest.mark.parametrize("name", ["local-bias", "everything"])
+def test_gradcheck_fp64(name: str) -> None:
+    call = make_inputs(PATTERNS[name], 11, batch=3, dtype=torch.float64, heads=1, dim=2)
+    names = list(call.tensors())
+
+    def run(*tensors):
+        return blocked_attention_call(make_call_from(call, dict(zip(names, tensors, strict=True))))
+
+    assert torch.autograd.gradcheck(run, tuple(call.tensors().values()), atol=1e-6, fast_mode=True)
+
+
+def make_call_from(call, tensors: dict):
+    """``call`` with its tensors replaced by ``tensors``."""
+    from dataclasses import replace
+
+    return replace(call, **tensors)
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest storage (in elements) behind any tensor an operator returns: views count their base."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
+        return out
+
+
+@pytest.mark.parametrize("name", ["local-bias", "globals-own", "tglobal"])
+def test_no_quadratic_tensor_on_long_input(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("attnreg.execution.blocked.layout.DEFAULT_BLOCK", DEFAULT_BLOCK)
+    length = 4096
+    pattern = PATTERNS[name]
+    call = make_inputs(pattern, length, batch=1)
+    with _LargestTensor() as mode:
+        out = blocked_attention_call(call)
+        out.sum().backward()
+    assert mode.largest < length * length
+
+
+def test_engine_supports_and_estimates_linear_cost() -> None:
+    engine = BlockedEngine()
+    short = make_inputs(PATTERNS["local-bias"], 64, batch=1)
+    long = make_inputs(PATTERNS["local-bias"], 4096, batch=1)
+    assert engine.unsupported_reasons(short) == []
+    assert 0 < engine.estimated_cost(short) < engine.estimated_cost(long) < 100 * engine.estimated_cost(short)
