@@ -7,12 +7,12 @@ from attnreg.bench.runner import BenchResult, Measurement
 
 
 def baseline_label(result: BenchResult) -> str | None:
-    """What speed-ups are measured against: transformers' layer if there is one, else the dense reference."""
+    """The baseline of the speed-ups: transformers' layer if there is one, else the reference, else dense SDPA."""
     labels = result.labels()
-    for label in (TRANSFORMERS, "reference"):
+    for label in (TRANSFORMERS, "reference", "dense-sdpa"):
         if label in labels:
             return label
-    return None
+    return labels[0] if labels else None
 
 
 def _mib(value: int | None) -> str:
