@@ -152,12 +152,11 @@ def test_decoder_refuses_patterns_that_see_the_future(tmp_path, registered, patt
 @pytest.mark.parametrize(
     ("pattern", "message"),
     [
-        (Pattern(window=Window(2, 2), selected_globals=SelectedGlobals(own_projections=True)), "global query"),
         (Pattern(window=Window(2, 2), aggregated_globals=AggregatedGlobals(4)), "aggregated"),
         (Pattern(window=Window(2, 2), bias=RelativePositionBias(8, 16)), "bias tables"),
         (Pattern(window=Window(2, 2), scale=1.0), "scale"),
     ],
-    ids=["global-projections", "aggregated", "bias", "scale"],
+    ids=["aggregated", "bias", "scale"],
 )
 def test_encoder_refuses_patterns_needing_what_it_lacks(tmp_path, registered, pattern, message):
     model_cls, path = _saved(tmp_path, "bert")
@@ -243,3 +242,20 @@ def test_bridged_model_compiles_without_graph_break(tmp_path, registered):
         got = compiled(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     torch._dynamo.reset()
     torch.testing.assert_close(got, expected)
+
+
+def test_global_tokens_needing_own_projections_are_refused(tmp_path, registered):
+    """Without a global_mask such a pattern is its window; global rows would need projections BERT lacks."""
+    model_cls, path = _saved(tmp_path, "bert")
+    pattern = Pattern(window=Window(1, 1), selected_globals=SelectedGlobals(own_projections=True))
+    model = model_cls.from_pretrained(path, attn_implementation=registered(pattern)).eval()
+    input_ids, attention_mask = _inputs()
+    with torch.no_grad():
+        got = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    expected = _dense_expected(model_cls, path, pattern, input_ids, attention_mask)
+    real = attention_mask.bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+    global_mask = torch.zeros(2, LENGTH, dtype=torch.bool)
+    global_mask[:, 0] = True
+    with pytest.raises(PatternError, match="own global query/key/value projections"):
+        model(input_ids=input_ids, attention_mask=attention_mask, global_mask=global_mask)

@@ -71,8 +71,6 @@ def model_problems(pattern: Pattern, *, causal: bool) -> list[str]:
         problems.append(f"the model is causal (a decoder) but the pattern sees keys after the query ({window})")
     if causal and pattern.selected_globals is not None:
         problems.append("the model is causal but selected global tokens see (and are seen by) every token")
-    if pattern.selected_globals is not None and pattern.selected_globals.own_projections:
-        problems.append("the pattern needs global query/key/value projections, which the model's layers lack")
     if pattern.aggregated_globals is not None:
         problems.append("the pattern needs aggregated global tokens (a norm and their keys/values) the model lacks")
     if pattern.bias is not None or pattern.aggregated_bias is not None:
@@ -151,6 +149,7 @@ def make_attention_function(pattern: Pattern, name: str) -> Callable[..., tuple[
         run = _scaled(pattern, scaling, query.shape[-1], name, where)
         inputs = {"attention_mask": attention_mask}
         if kwargs.get("global_mask") is not None:
+            _refuse(name, where, _global_problems(pattern))
             inputs["global_mask"] = kwargs["global_mask"]
         if kwargs.get("output_attentions"):
             out, weights = attention_weights(query, key, value, run, **inputs)
@@ -189,6 +188,15 @@ def _call_problems(
         if kwargs.get(option) is not None:
             problems.append(f"{option}={kwargs[option]!r} is not supported")
     return problems
+
+
+def _global_problems(pattern: Pattern) -> list[str]:
+    """Why global tokens cannot be used with ``pattern`` in a transformers model; empty if they can."""
+    if pattern.selected_globals is None:
+        return ["a global_mask was passed but the pattern has no selected_globals"]
+    if pattern.selected_globals.own_projections:
+        return ["global tokens need the pattern's own global query/key/value projections, which the model lacks"]
+    return []
 
 
 def _scaled(pattern: Pattern, scaling: float | None, head_dim: int, name: str, where: str) -> Pattern:
