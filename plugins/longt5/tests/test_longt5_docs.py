@@ -1,16 +1,17 @@
-"""The summarisation example of ``docs/longt5.md``, run as written on a random checkpoint saved to a folder."""
+"""The summarisation example of ``docs/longt5.md`` (and the README's), run as written on a saved random checkpoint."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
 from attnreg_longt5 import LongT5TransientGlobalAttention
 from longt5_helpers import tiny_config
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LongT5ForConditionalGeneration, PreTrainedTokenizerFast
 
-DOCS = Path(__file__).resolve().parents[3] / "docs" / "longt5.md"
+ROOT = Path(__file__).resolve().parents[3]
 HUB_ID = '"pszemraj/long-t5-tglobal-base-16384-book-summary"'
 READ_DOCUMENT = 'open("long_report.txt").read()'
 WORDS = [
@@ -34,9 +35,10 @@ WORDS = [
 ]
 
 
-def _example_code() -> str:
-    section = DOCS.read_text().split("## Summarise a long document", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+def _example_code(path: Path) -> str | None:
+    """The first python block of ``path`` that loads the hub checkpoint, or ``None``."""
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(), re.DOTALL)
+    return next((block for block in blocks if HUB_ID in block), None)
 
 
 def _save_tiny_checkpoint(folder: Path) -> None:
@@ -55,16 +57,23 @@ def _save_tiny_checkpoint(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def test_the_summarisation_example_runs_as_written(tmp_path):
+def test_the_docs_page_has_the_example():
+    assert _example_code(ROOT / "docs" / "longt5.md") is not None
+
+
+@pytest.mark.parametrize("page", ["docs/longt5.md", "README.md"])
+def test_the_summarisation_example_runs_as_written(page, tmp_path):
+    code = _example_code(ROOT / page)
+    if code is None:
+        pytest.skip(f"{page} has no LongT5 summarisation example")
     _save_tiny_checkpoint(tmp_path)
     document = " ".join(WORDS[i % len(WORDS)] for i in range(97))
-    code = _example_code()
     for written in (HUB_ID, READ_DOCUMENT, "max_new_tokens=256"):
         assert written in code, f"the docs example no longer contains {written}"
     code = code.replace(HUB_ID, repr(str(tmp_path))).replace(READ_DOCUMENT, repr(document))
     code = code.replace("max_new_tokens=256", "max_new_tokens=6")
     namespace: dict = {}
-    exec(compile(code, str(DOCS), "exec"), namespace)
+    exec(compile(code, page, "exec"), namespace)
     model = namespace["model"]
     assert namespace["inputs"]["input_ids"].shape == (1, 97)
     assert isinstance(model.encoder.block[0].layer[0].TransientGlobalSelfAttention, LongT5TransientGlobalAttention)
