@@ -174,7 +174,7 @@ def locality(ctx: Context) -> tuple[str, str]:
 
 
 def batch_independence(ctx: Context) -> tuple[str, str]:
-    """Each example's output and gradients are the same alone as in a batch with differently padded others."""
+    """Each example's output is the same alone as in a batch with differently padded others."""
     cases = Cases()
     length = block_sizes(ctx.pattern)[-1] + 3
     label = f"length {length}, float32, batch {BATCH} vs each example alone"
