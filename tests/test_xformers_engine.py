@@ -217,6 +217,22 @@ def test_bfloat16_on_stand_in_has_no_nan(fake_fmha) -> None:
     assert out.dtype == torch.bfloat16 and not out.isnan().any()
 
 
+def test_structural_mask_without_an_operator_falls_back_to_the_tensor_bias(fake_fmha) -> None:
+    dense = fake_fmha.memory_efficient_attention
+
+    def refuse_masks(q, k, v, attn_bias=None, p=0.0, scale=None):
+        if attn_bias is not None and not isinstance(attn_bias, torch.Tensor):
+            raise NotImplementedError("No operator found for this attention")
+        return dense(q, k, v, attn_bias, p, scale)
+
+    fake_fmha.memory_efficient_attention = refuse_masks
+    inputs = case_inputs("window-only", padding=0, requires_grad=True)
+    call = make_call(inputs.pop("q"), inputs.pop("k"), inputs.pop("v"), PATTERNS["window-only"], **inputs)
+    assert strategy(call, ALL_FEATURES) == (False, True)
+    expected = run({"q": call.q, "k": call.k, "v": call.v, **inputs}, PATTERNS["window-only"], "reference")
+    torch.testing.assert_close(xformers_attention(call, fake_fmha, ALL_FEATURES, block=4), expected)
+
+
 def test_probe_reads_the_module_not_the_version(fake_fmha) -> None:
     assert probe(fake_fmha).partial_merge
     assert probe(fake_fmha).local_mask_dtypes == {torch.float16, torch.bfloat16}

@@ -39,9 +39,13 @@ def strategy(call: AttentionCall, features: Features) -> tuple[bool, bool]:
 def xformers_attention(call: AttentionCall, fmha, features: Features, block: int = DEFAULT_BLOCK) -> torch.Tensor:
     """Run ``call`` with the xformers module ``fmha`` (``xformers.ops.fmha`` or a stand-in with its interface)."""
     merge, structural = strategy(call, features)
-    if structural and call.attention_mask is not None:
-        call = replace(call, attention_mask=None)
-    return run_plan(fmha, build_plan(call, merge=merge, structural=structural, block=block), call)
+    if structural:
+        unpadded = replace(call, attention_mask=None)
+        try:
+            return run_plan(fmha, build_plan(unpadded, merge=merge, structural=True, block=block), unpadded)
+        except NotImplementedError:  # no operator for the mask on this GPU/build: the tensor bias always runs
+            pass
+    return run_plan(fmha, build_plan(call, merge=merge, structural=False, block=block), call)
 
 
 class XformersEngine(Engine):
