@@ -6,6 +6,8 @@ example, different global tokens per example; fp64/fp32 tight, bf16/fp16 loose a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -116,6 +118,13 @@ def test_matches_reference_fp32(name: str, length: int) -> None:
     compare(make_inputs(PATTERNS[name], length), atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("length", [*LENGTHS, 5 * SMALL_BLOCK + 3])
+@pytest.mark.parametrize("name", ["window", "causal", "right-only", "dense", "local-bias", "tglobal"])
+def test_matches_reference_without_attention_mask(name: str, length: int) -> None:
+    call = make_inputs(PATTERNS[name], length, batch=2)
+    compare(replace(call, attention_mask=None), atol=2e-5, rtol=2e-5)
+
+
 @pytest.mark.parametrize("name", ["local-bias", "globals-own", "tglobal", "everything"])
 def test_matches_reference_fp64_at_default_block(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("attnreg.execution.blocked.layout.DEFAULT_BLOCK", DEFAULT_BLOCK)
@@ -150,8 +159,6 @@ def test_gradcheck_fp64(name: str) -> None:
 
 def make_call_from(call, tensors: dict):
     """``call`` with its tensors replaced by ``tensors``."""
-    from dataclasses import replace
-
     return replace(call, **tensors)
 
 

@@ -30,6 +30,8 @@ def blocked_attention_call(call: AttentionCall) -> torch.Tensor:
         if slots.count == 0:
             slots = None
     keys_ok = real if slots is None else real & ~slots.rows
+    if call.attention_mask is None and slots is None:
+        keys_ok = None
     parts = [window_part(call, blocks, keys_ok)]
     if slots is not None:
         parts.append(global_key_part(call, blocks, slots))
@@ -38,7 +40,9 @@ def blocked_attention_call(call: AttentionCall) -> torch.Tensor:
     out = merge(parts)
     if slots is not None:
         out = slots.put(global_query_rows(call, real, slots), out)
-    return torch.where(real[:, None, :, None], out, torch.zeros((), dtype=out.dtype, device=out.device)).to(call.dtype)
+    if call.attention_mask is not None:
+        out = torch.where(real[:, None, :, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+    return out.to(call.dtype)
 
 
 def blocked_flops(call: AttentionCall) -> int:

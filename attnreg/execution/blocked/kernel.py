@@ -112,37 +112,52 @@ def _reduce_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return grad.sum(dim=dims, keepdim=True) if dims else grad
 
 
+def pieces(blocks: int, edges: tuple[int, int] | None, chunk: int, whole_interior: bool) -> list[tuple[slice, bool]]:
+    """The block ranges one pass works on, each with whether it needs the key-validity mask.
+
+    ``edges`` ``(head, tail)``: only the first ``head`` and last ``tail`` blocks have keys to mask (``None``: all
+    blocks). Masked ranges are chunked (their mask is materialised); the interior is one piece if ``whole_interior``.
+    """
+    head, tail = (blocks, 0) if edges is None else (min(edges[0], blocks), edges[1])
+    interior_end = max(head, blocks - tail)
+    result = []
+    for start, end, masked in ((0, head, True), (head, interior_end, False), (interior_end, blocks, True)):
+        step = end - start if (whole_interior and not masked) else chunk
+        result.extend((slice(first, min(first + step, end)), masked) for first in range(start, end, max(step, 1)))
+    return result
+
+
 class BlockedAttention(torch.autograd.Function):
     """``softmax(q kᵀ · scale + bias + mask) v`` per query block, returning the output and the log-sum-exp.
 
     ``q``: ``(batch, heads, blocks, queries, dim)``; ``k``/``v``: padded ``(batch, heads, keys, dim)`` laid out by
     :func:`key_blocks` with ``size`` and ``step``; ``bias``: fp32, 5-D, broadcastable to the scores
-    ``(batch, heads, blocks, queries, size)``; ``valid``: bool, 5-D, broadcastable likewise.
+    ``(batch, heads, blocks, queries, size)``; ``valid``: bool, 5-D, broadcastable likewise, read only for the
+    blocks that ``edges`` (see :func:`pieces`) names.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, valid, size, step, scale):
+    def forward(ctx, q, k, v, bias, valid, size, step, scale, edges):
         batch, heads, blocks, queries, _ = q.shape
         kb = key_blocks(k, blocks, size, step)
         vb = key_blocks(v, blocks, size, step)
         chunk = chunk_size((batch, heads, blocks, queries, size))
         outs, lses = [], []
-        for first in range(0, blocks, chunk):
-            part = slice(first, min(first + chunk, blocks))
-            mask = additive_mask(None if bias is None else bias.detach(), valid, part)
+        for part, masked in pieces(blocks, edges, chunk, whole_interior=_flash_ok(q)):
+            mask = additive_mask(None if bias is None else bias.detach(), valid if masked else None, part)
             out, lse = _forward_chunk(q[:, :, part], kb[:, :, part], vb[:, :, part], mask, scale, step == 0)
             outs.append(out)
             lses.append(lse)
         out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
         lse = torch.cat(lses, dim=2) if len(lses) > 1 else lses[0]
         ctx.save_for_backward(q, k, v, bias, valid, out, lse)
-        ctx.layout = (size, step, scale, chunk)
+        ctx.layout = (size, step, scale, chunk, edges)
         return out, lse
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
         q, k, v, bias, valid, out, lse = ctx.saved_tensors
-        size, step, scale, chunk = ctx.layout
+        size, step, scale, chunk, edges = ctx.layout
         blocks = q.shape[2]
         compute = torch.promote_types(q.dtype, torch.float32)
         kb = key_blocks(k, blocks, size, step)
@@ -155,15 +170,15 @@ class BlockedAttention(torch.autograd.Function):
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         shared = step == 0
-        for first in range(0, blocks, chunk):
-            part = slice(first, min(first + chunk, blocks))
+        for part, masked in pieces(blocks, edges, chunk, whole_interior=False):
+            first = part.start
             if shared:
                 kc, vc = k[:, :, :size].to(compute), v[:, :, :size].to(compute)
             else:
                 kc, vc = kb[:, :, part].to(compute), vb[:, :, part].to(compute)
             qc = q[:, :, part].to(compute)
             scores = _products(qc, kc.transpose(-1, -2), shared).mul_(scale)
-            mask = additive_mask(None if bias is None else bias.detach(), valid, part)
+            mask = additive_mask(None if bias is None else bias.detach(), valid if masked else None, part)
             if mask is not None:
                 scores += mask
             probs = scores.sub_(lse[:, :, part].unsqueeze(-1).to(compute)).exp_()
@@ -188,7 +203,7 @@ class BlockedAttention(torch.autograd.Function):
                     dbias[:, :, part] += reduced
                 else:
                     dbias += reduced.sum(2, keepdim=True)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias, None, None, None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias, None, None, None, None, None
 
 
 def blocked_attention(
@@ -201,9 +216,10 @@ def blocked_attention(
     scale: float,
     bias: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
+    edges: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run :class:`BlockedAttention`: output ``(batch, heads, blocks, queries, dim)`` and fp32 log-sum-exp.
 
     A row with no allowed key gives output 0 and log-sum-exp 0; callers that merge parts must mask it.
     """
-    return BlockedAttention.apply(q, k, v, bias, valid, size, step, scale)
+    return BlockedAttention.apply(q, k, v, bias, valid, size, step, scale, edges)

@@ -36,14 +36,25 @@ def block_bias(call: AttentionCall, blocks: Blocks, left: int, size: int) -> tor
     return bias[None, :, None]
 
 
-def window_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor) -> Part:
-    """Every query against the keys of its window that ``keys_ok`` ``(batch, length)`` allows."""
+def edge_blocks(blocks: Blocks, left: int, right: int) -> tuple[int, int]:
+    """How many blocks at the start and at the end have keys outside the sequence (the rest need no key mask)."""
+    head = math.ceil(left / blocks.size)
+    inside = (blocks.length - blocks.size - right) // blocks.size + 1 if blocks.length >= blocks.size + right else 0
+    return head, blocks.count - inside
+
+
+def window_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor | None) -> Part:
+    """Every query against the keys of its window that ``keys_ok`` ``(batch, length)`` allows (``None``: all)."""
     left, right = window_reach(call)
     size = blocks.size + left + right
     padded_keys = (blocks.count + math.ceil(size / blocks.size) - 1) * blocks.size
     after = padded_keys - left - call.length
     k = pad_length(call.k, left, after)
     v = pad_length(call.v, left, after)
+    edges = None
+    if keys_ok is None:
+        edges = edge_blocks(blocks, left, right)
+        keys_ok = torch.ones(call.batch, call.length, dtype=torch.bool, device=call.device)
     valid = pad_length(keys_ok, left, after, value=False).unfold(1, size, blocks.size)[:, : blocks.count]
     out, lse = blocked_attention(
         blocks.split(call.q),
@@ -54,5 +65,6 @@ def window_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor) -> P
         scale=call.scale,
         bias=block_bias(call, blocks, left, size),
         valid=valid[:, None, :, None],
+        edges=edges,
     )
     return Part(blocks.join(out), blocks.join(lse))
