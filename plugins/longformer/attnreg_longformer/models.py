@@ -128,7 +128,7 @@ def build_longformer(
     head: str | None = None,
     **overrides: Any,
 ) -> torch.nn.Module:
-    """A transformers Longformer model (``head`` or the checkpoint's architecture) running attnreg's attention.
+    """A transformers Longformer model (the head asked for, or the checkpoint's) with attnreg's attention layers.
 
     ``pretrained``: a folder written by ``save_pretrained`` or a hub id; ``config``: a ``LongformerConfig``, a dict
     or ``None`` (base size); ``overrides``: config fields (``num_labels=3``, ``attention_window=[256, 512]``).

@@ -27,7 +27,7 @@ def window_from_attention_window(attention_window: int, *, name: str = "attentio
 
 
 def longformer(attention_window: int | None = None, left: int | None = None, right: int | None = None) -> Pattern:
-    """Longformer attention: a sliding window (``attention_window``, default 512, or ``left``/``right``) + globals.
+    """Longformer: a sliding window (attention_window, default 512, or left/right) + per-example global tokens.
 
     Give either transformers' even ``attention_window`` or attnreg's ``left`` and ``right`` (both), not both forms.
     Global tokens are chosen per call by ``global_mask`` and use their own query/key/value projections.
