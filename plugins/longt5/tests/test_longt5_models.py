@@ -72,6 +72,22 @@ def test_gradients_of_every_parameter_equal_transformers(checkpoint, engine):
         assert (got - expected).norm() <= 1e-4 * expected.norm() + 1e-7, name
 
 
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_gradient_checkpointing_keeps_the_shared_bias_gradients(checkpoint, use_reentrant):
+    """Later layers reach layer 0's bias tables through ``position_bias``, also when their blocks are recomputed."""
+    theirs, ours = _pair(checkpoint)
+    ids, mask = padded_batch([23, 17, 4])
+    for model in (theirs, ours):
+        model.train()
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+        _forward(model, ids, mask).loss.backward()
+    ours_parameters = dict(ours.named_parameters())
+    for name, parameter in theirs.named_parameters():
+        got = ours_parameters[name].grad
+        assert got is not None, name
+        assert (got - parameter.grad).norm() <= 1e-4 * parameter.grad.norm() + 1e-7, name
+
+
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_generate_gives_the_same_tokens(checkpoint, num_beams):
     theirs, ours = _pair(checkpoint)
