@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 from attnreg_longformer import LongformerSelfAttention
-from conftest import make_batch
+from longformer_helpers import make_batch
 from transformers.models.longformer import modeling_longformer
 
 import attnreg

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 from attnreg_longformer import LongformerSelfAttention, use_attnreg_attention
-from conftest import TINY_CONFIG, make_batch
+from longformer_helpers import TINY_CONFIG, make_batch
 from transformers.models.longformer import modeling_longformer
 
 import attnreg
