@@ -79,7 +79,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     for name in names:
         items.append(
             ConformanceItem.from_parent(
-                session, name=f"attnreg-conformance[{name}]", pattern=name, engines=engines, quick=quick
+                session,
+                name=f"attnreg-conformance[{name}]",
+                nodeid=f"attnreg-conformance[{name}]",
+                pattern=name,
+                engines=engines,
+                quick=quick,
             )
         )
 
