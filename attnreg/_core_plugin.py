@@ -24,5 +24,7 @@ def attnreg_add_builders(registry: PluginRegistrar) -> None:
     """The generic models, for any registered pattern: ``encoder`` and ``encoder-decoder``."""
     from attnreg.models.generic import build_encoder, build_encoder_decoder
 
-    registry.add_builder("encoder", build_encoder)
-    registry.add_builder("encoder-decoder", build_encoder_decoder)
+    registry.add_builder("encoder", build_encoder, description="generic encoder for any pattern (pattern=NAME, ...)")
+    registry.add_builder(
+        "encoder-decoder", build_encoder_decoder, description="generic encoder-decoder for any pattern (pattern=NAME)"
+    )

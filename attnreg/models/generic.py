@@ -102,7 +102,9 @@ class GenericConfig:
         return cls(**data)
 
 
-def make_config(config: GenericConfig | dict[str, Any] | None, overrides: dict[str, Any]) -> GenericConfig:
+def make_config(
+    config: GenericConfig | dict[str, Any] | None, overrides: dict[str, Any], where: str = "generic model builder"
+) -> GenericConfig:
     """A config from ``config`` (a GenericConfig, a dict or nothing) with ``overrides``; unknown keys are an error."""
     known = [f.name for f in dataclasses.fields(GenericConfig)]
     if config is None:
@@ -113,7 +115,7 @@ def make_config(config: GenericConfig | dict[str, Any] | None, overrides: dict[s
         base = dict(config)
     else:
         raise PatternError(f"config={config!r} is not allowed: expected None, a dict or an attnreg GenericConfig")
-    reject_unknown("generic model builder", [*base, *overrides], known)
+    reject_unknown(where, [*base, *overrides], known)
     merged = {**base, **overrides}
     require("pattern" in merged, "pattern", None, "name the encoder's pattern, e.g. pattern='longt5-local'")
     return GenericConfig(**merged)
@@ -257,9 +259,11 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | N
 
 
 def _builder(model_type: type[GenericModel]):
+    where = f"attnreg.build({model_type.kind!r})"
+
     def build(config: GenericConfig | dict[str, Any] | None = None, *, pretrained: str | None = None, **overrides):
         if pretrained is None:
-            return model_type(make_config(config, overrides))
+            return model_type(make_config(config, overrides, where))
         directory = Path(pretrained)
         require((directory / CONFIG_FILE).is_file(), "pretrained", pretrained, f"expected a folder with {CONFIG_FILE}")
         saved = json.loads((directory / CONFIG_FILE).read_text())
@@ -269,7 +273,7 @@ def _builder(model_type: type[GenericModel]):
             pretrained,
             f"was saved by another builder; expected one saved by {model_type.kind!r}",
         )
-        model = model_type(make_config(GenericConfig.from_dict(saved) if config is None else config, overrides))
+        model = model_type(make_config(GenericConfig.from_dict(saved) if config is None else config, overrides, where))
         model.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
         return model
 

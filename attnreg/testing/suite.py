@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from attnreg._validation import PatternError, reject_unknown
 from attnreg.execution.engine import Engine
 from attnreg.registry import get_registry
 from attnreg.testing import engine_checks, memory, spec_checks
@@ -49,8 +50,6 @@ def select_engines(names: Iterable[str] | None = None) -> list[Engine]:
     engines = []
     for name in names:
         if name not in table:
-            from attnreg._validation import PatternError
-
             raise PatternError(f"engine {name!r} is not registered; registered engines: {', '.join(sorted(table))}")
         engines.append(table[name])
     return engines
@@ -72,6 +71,8 @@ def check_pattern(
     entry = get_registry().pattern_entry(name)
     params = dict(params or {})
     wanted = set(checks) if checks is not None else None
+    if wanted is not None:
+        reject_unknown("checks", wanted, [*SPEC_CHECKS, *ENGINE_CHECKS])
     for check, function in SPEC_CHECKS.items():
         if wanted is None or check in wanted:
             report.outcomes.append(_outcome(name, SPEC_COLUMN, check, lambda f=function: f(entry, params)))
