@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from attnreg.execution.blocked.kernel import blocked_attention
-from attnreg.execution.blocked.layout import Blocks, table_dtype
+from attnreg.execution.blocked.layout import Blocks, cached, table_dtype
 from attnreg.execution.blocked.merge import Part
 from attnreg.execution.call import AttentionCall
 
@@ -23,9 +23,18 @@ def _bias(call: AttentionCall, query_block: torch.Tensor) -> torch.Tensor | None
     """``(batch, heads, *rest, count)`` bias of ``g - query_block`` for ``(batch, *rest)`` query blocks."""
     if call.aggregated_bias_weight is None:
         return None
-    slots = torch.arange(call.count, device=call.device)
-    rel = slots - query_block.unsqueeze(-1)
-    return call.pattern.aggregated_bias.lookup(table_dtype(call.aggregated_bias_weight), rel).movedim(0, 1)
+    count, term = call.count, call.pattern.aggregated_bias
+    groups = -(-call.length // call.pattern.aggregated_globals.global_block_size)
+    # every g - block lies in [-(groups - 1), count] (a block is at least -1): bucket that range once
+    offset = groups
+
+    def build() -> torch.Tensor:
+        return term.bucket(torch.arange(-offset, count + 1, device=call.device))
+
+    buckets = cached(("aggregated", term, offset, count, str(call.device)), build)
+    rel = torch.arange(count, device=call.device) - query_block.unsqueeze(-1)
+    values = table_dtype(call.aggregated_bias_weight)[buckets[rel + offset]]
+    return values.movedim(-1, 1)
 
 
 def _attend(call: AttentionCall, q: torch.Tensor, bias: torch.Tensor | None, last: torch.Tensor):

@@ -83,6 +83,8 @@ def _forward_chunk(
             )
             outs.append(out)
             lses.append(lse.float())  # the fused kernel returns fp32 (fp64 is not routed here)
+        if len(outs) == 1:
+            return outs[0].unsqueeze(0), lses[0].unsqueeze(0)
         return torch.stack(outs), torch.stack(lses)
     compute = torch.promote_types(q.dtype, torch.float32)
     if shared:

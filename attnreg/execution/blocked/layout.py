@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -59,3 +60,22 @@ def pad_length(x: torch.Tensor, before: int, after: int, value: float | bool = 0
 def table_dtype(weight: torch.Tensor) -> torch.Tensor:
     """A bias table in the dtype scores are computed in: fp32, or fp64 for fp64 tables."""
     return weight.to(torch.promote_types(weight.dtype, torch.float32))
+
+
+_CACHE: dict[Hashable, torch.Tensor] = {}
+_CACHE_LIMIT = 64
+
+
+def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``build()``, remembered by ``key``: index tensors that depend only on shapes and the pattern.
+
+    Why: they are made of many tiny operations, each costly on a busy CPU. Not cached while compiling (the
+    compiler folds them itself).
+    """
+    if torch.compiler.is_compiling():
+        return build()
+    if key not in _CACHE:
+        if len(_CACHE) >= _CACHE_LIMIT:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = build()
+    return _CACHE[key]

@@ -35,6 +35,8 @@ def merge(parts: list[Part]) -> torch.Tensor:
     peak = stacked.detach().amax(dim=0)
     peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
     weights = torch.exp(stacked - peak)
-    total = weights.sum(dim=0).clamp_min(torch.finfo(weights.dtype).tiny)
-    merged = sum(w.unsqueeze(-1) * p.out.to(compute) for w, p in zip(weights.unbind(0), parts, strict=True))
-    return merged / total.unsqueeze(-1)
+    weights = weights / weights.sum(dim=0).clamp_min(torch.finfo(weights.dtype).tiny)
+    merged = parts[0].out.to(compute) * weights[0].unsqueeze(-1)
+    for weight, part in zip(weights[1:].unbind(0), parts[1:], strict=True):
+        merged = torch.addcmul(merged, part.out.to(compute), weight.unsqueeze(-1))
+    return merged

@@ -7,7 +7,7 @@ import math
 import torch
 
 from attnreg.execution.blocked.kernel import blocked_attention
-from attnreg.execution.blocked.layout import Blocks, pad_length, table_dtype
+from attnreg.execution.blocked.layout import Blocks, cached, pad_length, table_dtype
 from attnreg.execution.blocked.merge import Part
 from attnreg.execution.call import AttentionCall
 
@@ -19,19 +19,33 @@ def window_reach(call: AttentionCall) -> tuple[int, int]:
     return (length - 1, length - 1) if window is None else window.span(length)
 
 
-def block_bias(call: AttentionCall, blocks: Blocks, left: int, size: int) -> torch.Tensor | None:
-    """``(1, heads|1, 1, block, size)`` fp32: the relative-position bias of a block's keys plus ``-inf`` outside
-    the window. The same for every block (relative positions depend only on the offsets inside the block)."""
+def _block_structure(call: AttentionCall, blocks: Blocks, left: int, size: int) -> tuple[torch.Tensor, ...]:
+    """``(outside, bucket)``: which ``(block, size)`` pairs fall outside the window, and their bias bucket."""
     device = call.device
     rel = torch.arange(size, device=device)[None, :] - left - torch.arange(blocks.size, device=device)[:, None]
     window = call.pattern.window
-    outside = None if window is None else ~window.contains(rel)
+    outside = torch.zeros_like(rel, dtype=torch.bool) if window is None else ~window.contains(rel)
+    bucket = rel if call.pattern.bias is None else call.pattern.bias.bucket(rel)
+    return outside, bucket
+
+
+def block_bias(call: AttentionCall, blocks: Blocks, left: int, size: int) -> torch.Tensor | None:
+    """``(1, heads|1, 1, block, size)``: the relative-position bias of a block's keys plus ``-inf`` outside
+    the window. The same for every block (relative positions depend only on the offsets inside the block)."""
+    key = ("window", call.pattern.window, call.pattern.bias, blocks.size, left, size, str(call.device))
+    outside, bucket = (
+        cached((*key, "outside"), lambda: _block_structure(call, blocks, left, size)[0]),
+        cached((*key, "bucket"), lambda: _block_structure(call, blocks, left, size)[1]),
+    )
     if call.bias_weight is None:
-        if outside is None:
+        if call.pattern.window is None:
             return None
-        return torch.zeros(outside.shape, device=device).masked_fill(outside, float("-inf"))[None, None, None]
-    bias = call.pattern.bias.lookup(table_dtype(call.bias_weight), rel)
-    if outside is not None:
+        mask = cached(
+            (*key, "mask"), lambda: torch.zeros(outside.shape, device=call.device).masked_fill(outside, float("-inf"))
+        )
+        return mask[None, None, None]
+    bias = table_dtype(call.bias_weight)[bucket].movedim(-1, 0)
+    if call.pattern.window is not None:
         bias = bias.masked_fill(outside, float("-inf"))
     return bias[None, :, None]
 
