@@ -144,7 +144,7 @@ def _measure(
     """Measure one variant at one length, or say why not."""
     label = variant.label
     if label in stopped:
-        return Measurement(length, label, note=stopped[label])
+        return Measurement(length, label, note=stopped[label].split(":")[0] + " (as above)")
     predicted = _predict(history, label, length)
     if predicted is None and label in _QUADRATIC and length > _BLIND_QUADRATIC_LIMIT:
         stopped[label] = f"skipped: quadratic, not started above {_BLIND_QUADRATIC_LIMIT} without a shorter run"

@@ -20,7 +20,8 @@ _FLOPS = {"cpu": 80e9, "cuda": 2e13}
 _MASK_ELEMENTS = {"cpu": 4e8, "cuda": 1e11}
 _BIAS_ELEMENTS = {"cpu": 3e8, "cuda": 5e10}
 _GRAD_FACTOR = 3.0
-_OVERHEAD_S = 40e-6
+#: Materialising the layout: a few dozen small kernels (each a launch on CUDA).
+_OVERHEAD_S = {"cpu": 40e-6, "cuda": 2e-4}
 
 
 def toeplitz_bias(term: RelativePositionBias, weight: torch.Tensor, length: int) -> torch.Tensor:
@@ -99,7 +100,7 @@ class DenseSdpaEngine(Engine):
         if call.requires_grad:
             # A mask that requires grad (a learned bias) sends SDPA to its math kernel, forward and backward.
             seconds *= _GRAD_FACTOR * (2.0 if has_bias else 1.0)
-        return seconds + _OVERHEAD_S
+        return seconds + _OVERHEAD_S[device]
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:
         return dense_sdpa_attention(call)

@@ -16,6 +16,8 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _FLOPS = {torch.float16: 8e13, torch.bfloat16: 8e13, torch.float32: 1.5e13}
 _BIAS_BYTES = 2e12
 _LAUNCH_S = 30e-6
+#: Building the plan (masks, biases, index tensors): a few dozen small kernels whatever the length.
+_PLAN_S = 6e-4
 
 
 def strategy(call: AttentionCall, features: Features) -> tuple[bool, bool]:
@@ -76,7 +78,7 @@ class XformersEngine(Engine):
         passes = 2 if call.has_global_projections else 1
         flops = 4 * pairs * call.head_dim * (3 if call.requires_grad else 1)
         bias_bytes = pairs * call.q.element_size() * (2 if call.requires_grad else 1)
-        return flops / _FLOPS.get(call.dtype, 1.5e13) + bias_bytes / _BIAS_BYTES + passes * _LAUNCH_S
+        return flops / _FLOPS.get(call.dtype, 1.5e13) + bias_bytes / _BIAS_BYTES + _PLAN_S + passes * _LAUNCH_S
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:
         fmha = load_fmha()
