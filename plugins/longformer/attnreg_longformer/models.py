@@ -126,13 +126,16 @@ def build_longformer(
     *,
     pretrained: str | None = None,
     head: str | None = None,
+    pad_to_window: bool = True,
     **overrides: Any,
 ) -> torch.nn.Module:
     """A transformers Longformer model (the head asked for, or the checkpoint's) with attnreg's attention layers.
 
     ``pretrained``: a folder written by ``save_pretrained`` or a hub id; ``config``: a ``LongformerConfig``, a dict
     or ``None`` (base size); ``overrides``: config fields (``num_labels=3``, ``attention_window=[256, 512]``).
+    ``pad_to_window=False`` skips transformers' padding to a multiple of the window (see :func:`skip_window_padding`).
     """
+    require(isinstance(pad_to_window, bool), "pad_to_window", pad_to_window, "expected a bool")
     if pretrained is not None:
         require(config is None, "config", type(config).__name__, "give config or pretrained, not both")
         loaded = LongformerConfig.from_pretrained(pretrained)
@@ -142,7 +145,36 @@ def build_longformer(
         config = make_config(config, overrides)
         cls = head_class(head or _architecture(config))
         model = cls(config)
-    return use_attnreg_attention(model)
+    model = use_attnreg_attention(model)
+    return model if pad_to_window else skip_window_padding(model)
+
+
+def skip_window_padding(model: torch.nn.Module) -> torch.nn.Module:
+    """Stop a Longformer model padding its inputs to a multiple of the window: attnreg's layers take any length.
+
+    Outputs at real tokens are unchanged and so are the shapes transformers cuts back; ``global_attentions``,
+    which transformers returns at the padded length, then has the input's length.
+    """
+    base = getattr(model, "base_model", None)
+    require(
+        isinstance(base, modeling_longformer.LongformerModel),
+        "model",
+        type(model).__name__,
+        "expected a transformers Longformer model",
+    )
+    base._pad_to_window_size = _unpadded
+    return model
+
+
+def _unpadded(
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    pad_token_id: int,
+) -> tuple[int, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    return 0, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
 
 
 def _architecture(config: LongformerConfig) -> str:

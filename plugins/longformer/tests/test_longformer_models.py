@@ -188,3 +188,21 @@ def test_switching_a_loaded_model_in_place(checkpoint) -> None:
         torch.testing.assert_close(switched(**batch).last_hidden_state, ours(**batch).last_hidden_state)
     with pytest.raises(attnreg.PatternError, match="model=Linear"):
         use_attnreg_attention(torch.nn.Linear(2, 2))
+
+
+def test_without_padding_to_the_window(checkpoint) -> None:
+    path = checkpoint()
+    theirs = transformers.LongformerModel.from_pretrained(path).eval()
+    ours = attnreg.build("longformer", pretrained=str(path), pad_to_window=False).eval()
+    batch = make_batch([21, 13], [[0, 20], [3]])
+    with torch.no_grad():
+        got, expected = ours(**batch, output_attentions=True), theirs(**batch, output_attentions=True)
+    keep = batch["attention_mask"].bool()
+    assert (got.last_hidden_state - expected.last_hidden_state)[keep].abs().max() <= 1e-4
+    assert got.global_attentions[0].shape[2] == 21 and expected.global_attentions[0].shape[2] == 24
+    for layer, expected_probs in zip(got.global_attentions, expected.global_attentions, strict=True):
+        expected_probs = expected_probs[:, :, :21]  # slot 1 of example 1 holds transformers' uniform filler
+        torch.testing.assert_close(layer[0], expected_probs[0], atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(layer[1, :, :, 0], expected_probs[1, :, :, 0], atol=1e-6, rtol=1e-4)
+    with pytest.raises(attnreg.PatternError, match="pad_to_window='no'"):
+        attnreg.build("longformer", TINY_CONFIG, pad_to_window="no")
