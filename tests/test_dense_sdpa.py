@@ -47,3 +47,24 @@ def test_bfloat16_has_no_nan_and_is_close(name: str) -> None:
     assert not out.isnan().any()
     expected = run(inputs, PATTERNS[name], "reference")
     torch.testing.assert_close(out.float(), expected.float(), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("name", ["local-bias", "window-globals-own"])
+def test_float16_on_cpu_has_no_nan_and_is_close(name: str) -> None:
+    inputs = case_inputs(name, dtype=torch.float16)
+    out = run(inputs, PATTERNS[name], "dense-sdpa")
+    assert out.dtype == torch.float16 and not out.isnan().any()
+    torch.testing.assert_close(out.float(), run(inputs, PATTERNS[name], "reference").float(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_matches_reference(name: str, dtype: torch.dtype) -> None:
+    inputs = case_inputs(name, 70, device="cuda", dtype=dtype)
+    expected = run(inputs, PATTERNS[name], "reference")
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(
+        run(inputs, PATTERNS[name], "dense-sdpa").float(), expected.float(), atol=tolerance, rtol=tolerance
+    )

@@ -276,3 +276,19 @@ def test_real_xformers_matches_reference(name: str, dtype: torch.dtype) -> None:
     actual = run(inputs, PATTERNS[name], "xformers")
     tolerance = 1e-4 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(actual.float(), expected.float(), atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(_real_xformers_reason() is not None, reason=str(_real_xformers_reason()))
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_real_xformers_gradients_match_reference(name: str) -> None:
+    inputs = case_inputs(name, 200, device="cuda", requires_grad=True)
+    grads = {}
+    for backend in ("reference", "xformers"):
+        out = run(inputs, PATTERNS[name], backend)
+        (out * torch.linspace(-1, 1, out.shape[-1], device="cuda")).sum().backward()
+        grads[backend] = [t.grad.clone() for t in leaves(inputs)]
+        for t in leaves(inputs):
+            t.grad = None
+    for expected, actual in zip(grads["reference"], grads["xformers"], strict=True):
+        torch.testing.assert_close(actual, expected, atol=2e-4, rtol=2e-3)
