@@ -177,3 +177,10 @@ def test_a_checkpoint_for_the_other_attention_is_an_error(checkpoint):
 def test_bad_build_arguments_are_errors_that_name_them(kwargs, named):
     with pytest.raises(attnreg.PatternError, match=named):
         attnreg.build("longt5-tglobal", **kwargs)
+
+
+def test_pretrained_takes_config_overrides_or_a_whole_config(checkpoint):
+    name, folder = checkpoint
+    assert attnreg.build(name, pretrained=str(folder), dropout_rate=0.3).config.dropout_rate == 0.3
+    given = tiny_config(name, dropout_rate=0.2)
+    assert attnreg.build(name, given, pretrained=folder, head="encoder").config.dropout_rate == 0.2
