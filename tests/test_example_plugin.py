@@ -58,6 +58,12 @@ def test_the_example_plugin_passes_attnreg_check():
     assert " 0 failed" in result.stdout
 
 
+def test_the_example_plugin_tests_pass():
+    tests = ROOT / "examples" / "attnreg-causal-window" / "tests"
+    result = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)], cwd=tests.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_the_doc_names_every_file_of_its_layout():
     files, snippets = doc_blocks()
     assert {"pyproject.toml", "attnreg_bandglobal/pattern.py", "attnreg_bandglobal/plugin.py"} <= set(files)

@@ -122,7 +122,7 @@ def make_config(
 
 
 @dataclass
-class Seq2SeqOutput:
+class ModelOutput:
     """What the generic models return, named as Hugging Face's outputs: ``logits``, ``loss`` when labels are given."""
 
     logits: torch.Tensor
@@ -190,10 +190,10 @@ class PatternEncoder(GenericModel):
         attention_mask: torch.Tensor | None = None,
         global_attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-    ) -> Seq2SeqOutput:
+    ) -> ModelOutput:
         hidden = self.encode(input_ids, attention_mask, global_attention_mask)
         logits = self.head(hidden)
-        return Seq2SeqOutput(logits=logits, loss=_loss(logits, labels), last_hidden_state=hidden)
+        return ModelOutput(logits=logits, loss=_loss(logits, labels), last_hidden_state=hidden)
 
 
 class PatternEncoderDecoder(GenericModel):
@@ -233,7 +233,7 @@ class PatternEncoderDecoder(GenericModel):
         decoder_input_ids: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-    ) -> Seq2SeqOutput:
+    ) -> ModelOutput:
         if decoder_input_ids is None:
             require(labels is not None, "decoder_input_ids", None, "pass decoder_input_ids or labels")
             decoder_input_ids = self.shift_right(labels)
@@ -243,7 +243,7 @@ class PatternEncoderDecoder(GenericModel):
             hidden = layer(hidden, decoder_attention_mask, memory, attention_mask)
         hidden = self.decoder_norm(hidden)
         logits = self.head(hidden)
-        return Seq2SeqOutput(logits, _loss(logits, labels), last_hidden_state=hidden, encoder_last_hidden_state=memory)
+        return ModelOutput(logits, _loss(logits, labels), last_hidden_state=hidden, encoder_last_hidden_state=memory)
 
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
