@@ -120,6 +120,13 @@ class Nondeterministic(Planted):
         return reference_attention(call) * (1 + 1e-5 * torch.rand(()))
 
 
+class ForwardOnly(Planted):
+    name = "planted-forward-only"
+
+    def unsupported_reasons(self, call):
+        return ["no backward"] if call.requires_grad else []
+
+
 class QuadraticFastEngine(Planted):
     name = "planted-quadratic"
     quadratic_memory = False
@@ -133,6 +140,7 @@ PLANTED = [
     WrongBiasGradient,
     BatchMixing,
     Nondeterministic,
+    ForwardOnly,
     QuadraticFastEngine,
 ]
 
@@ -265,6 +273,19 @@ def test_bad_parameter_check_catches_a_factory_that_accepts_anything():
         attnreg.unregister_plugin(name)
     (failure,) = report.failures
     assert "radius=-1" in failure.detail and "was accepted" in failure.detail
+
+
+def test_a_forward_only_engine_has_its_output_checked_and_says_gradients_were_not():
+    report = check_pattern(PROBE, engines=["planted-forward-only"], quick=True, checks=["reference", "padding"])
+    reference, padding = report.outcomes
+    assert reference.status == "pass" and "refused" in reference.detail
+    assert padding.status == "skip" and "no backward" in padding.detail
+
+
+def test_check_command_refuses_unknown_names_before_running(capsys):
+    assert cli_main(["check", PROBE, "no-such-pattern"]) == 2
+    captured = capsys.readouterr()
+    assert "unknown pattern 'no-such-pattern'" in captured.err and "checking" not in captured.err
 
 
 def test_unknown_engine_is_a_clear_error():

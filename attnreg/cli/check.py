@@ -60,16 +60,22 @@ def run(args: argparse.Namespace) -> int:
         for name, check in {**SPEC_CHECKS, **ENGINE_CHECKS}.items():
             print(f"{name:20} {(check.__doc__ or '').splitlines()[0]}")
         return 0
+    from attnreg import PatternError, UnknownNameError
+
     started = time.perf_counter()
-    report = run_conformance(
-        args.names or None,
-        params=parse_params(args.param),
-        engines=args.engines,
-        quick=args.quick,
-        device=args.device,
-        checks=args.checks,
-        progress=lambda name: print(f"checking {name} ...", file=sys.stderr, flush=True),
-    )
+    try:
+        report = run_conformance(
+            args.names or None,
+            params=parse_params(args.param),
+            engines=args.engines,
+            quick=args.quick,
+            device=args.device,
+            checks=args.checks,
+            progress=lambda name: print(f"checking {name} ...", file=sys.stderr, flush=True),
+        )
+    except (PatternError, UnknownNameError) as error:
+        print(f"attnreg check: {error}", file=sys.stderr)
+        return 2
     print(report.format(skipped=args.verbose))
     print(f"({time.perf_counter() - started:.1f} s)")
     return 0 if report.ok else 1

@@ -46,8 +46,12 @@ def matches_reference(ctx: Context) -> tuple[str, str]:
 
         def case(length: int = length, label: str = label) -> None:
             inputs = _inputs(ctx, length)
-            got = run_engine(ctx.engine, inputs, grad=True)
-            problems = compare_runs(got, run_reference(inputs, grad=True), tolerance(torch.float32))
+            try:
+                got, grad = run_engine(ctx.engine, inputs, grad=True), True
+            except Refused as refused:  # a forward-only engine: check its output, say the gradients were not
+                got, grad = run_engine(ctx.engine, inputs, grad=False), False
+                cases.refused(label, f"gradients not checked: {refused}")
+            problems = compare_runs(got, run_reference(inputs, grad=grad), tolerance(torch.float32))
             if problems:
                 cases.failed(label, problems)
 

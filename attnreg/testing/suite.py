@@ -104,6 +104,9 @@ def run_conformance(
     """Run the suite on the named patterns (every registered one by default) and merge the reports."""
     names = list(names) if names is not None else get_registry().list_patterns()
     engines = list(engines) if engines is not None else None
+    for name in names:  # unknown names fail now, not after the others have run
+        get_registry().pattern_entry(name)
+    select_engines(engines)
     report = Report()
     for name in names:
         if progress:
