@@ -53,6 +53,20 @@ def _products(a: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
     return (a.flatten(2, 3) @ b).view(*a.shape[:-1], b.shape[-1])
 
 
+def _shifted_products(a: torch.Tensor, b: torch.Tensor, shift: torch.Tensor, shared: bool) -> torch.Tensor:
+    """``a @ b - shift`` as :func:`_products` does ``a @ b``, the subtraction fused into the matmul.
+
+    ``shift``: ``(batch, heads, c, rows, 1)``; one pass over the ``rows × y`` result instead of two.
+    """
+    batch, heads = a.shape[:2]
+    rows = a.shape[2] * a.shape[3] if shared else a.shape[3]
+    lead = batch * heads if shared else batch * heads * a.shape[2]
+    a3 = a.reshape(lead, rows, a.shape[-1])
+    b3 = b.reshape(lead, *b.shape[-2:])
+    out = torch.baddbmm(shift.reshape(lead, rows, 1), a3, b3, beta=-1)
+    return out.view(*a.shape[:-1], b.shape[-1])
+
+
 def _key_grad(a: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
     """``aᵀ @ b`` per block (``(batch, heads, c, keys, dim)``), or summed over the chunk's blocks when shared."""
     if not shared:
@@ -172,23 +186,25 @@ class BlockedAttention(torch.autograd.Function):
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         shared = step == 0
+        delta = (grad_out.to(compute) * out.to(compute)).sum(-1, keepdim=True)
+        if grad_lse is not None:
+            delta = delta - grad_lse.unsqueeze(-1).to(compute)
+        lse = lse.unsqueeze(-1).to(compute)
         for part, masked in pieces(blocks, edges, chunk, whole_interior=False):
             first = part.start
             if shared:
                 kc, vc = k[:, :, :size].to(compute), v[:, :, :size].to(compute)
             else:
-                kc, vc = kb[:, :, part].to(compute), vb[:, :, part].to(compute)
+                kc, vc = kb[:, :, part].to(compute).contiguous(), vb[:, :, part].to(compute)
             qc = q[:, :, part].to(compute)
-            scores = _products(qc, kc.transpose(-1, -2), shared).mul_(scale)
+            qs = qc * scale
+            scores = _shifted_products(qs, kc.transpose(-1, -2), lse[:, :, part], shared)
             mask = additive_mask(None if bias is None else bias.detach(), valid if masked else None, part)
             if mask is not None:
                 scores += mask
-            probs = scores.sub_(lse[:, :, part].unsqueeze(-1).to(compute)).exp_()
+            probs = scores.exp_()
             grad_c = grad_out[:, :, part].to(compute)
-            delta = (grad_c * out[:, :, part].to(compute)).sum(-1, keepdim=True)
-            if grad_lse is not None:
-                delta = delta - grad_lse[:, :, part].unsqueeze(-1).to(compute)
-            grad_scores = _products(grad_c, vc.transpose(-1, -2), shared).sub_(delta).mul_(probs)
+            grad_scores = _shifted_products(grad_c, vc.transpose(-1, -2), delta[:, :, part], shared).mul_(probs)
             dq[:, :, part] = _products(grad_scores, kc, shared).mul_(scale)
             key_grad = _key_grad(grad_scores, qc, shared).mul_(scale)
             value_grad = _key_grad(probs, grad_c, shared)
