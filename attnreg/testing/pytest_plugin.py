@@ -1,9 +1,11 @@
 """The conformance suite as a pytest plugin: a plugin author switches it on in their own test run.
 
-Two ways, both off unless asked for (importing this module costs nothing: attnreg and torch load only when used):
+Installed with attnreg (entry point ``pytest11``) and inert until asked for; the suite is imported only then.
+(Being part of the ``attnreg`` package, loading it imports ``attnreg`` and torch, as any test of a plugin does.)
 
-- ``pytest --attnreg-conformance=NAME[,NAME...]`` (or ``=all``) adds one test item per pattern that runs the whole
-  suite on it and fails with the table and each failure; ``--attnreg-engines`` and ``--attnreg-full`` refine it;
+- ``pytest --attnreg-conformance[=NAME,...]`` adds one test item per pattern (every registered one when no name
+  or ``all`` is given) that runs the whole suite on it and fails with the table and each failure's account;
+  ``--attnreg-engines`` and ``--attnreg-full`` refine it;
 - the ``attnreg_conformance`` fixture: ``attnreg_conformance("my-pattern", params={...})`` in any test.
 """
 
@@ -19,9 +21,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--attnreg-conformance",
         action="store",
+        nargs="?",
+        const="all",
         default=None,
         metavar="NAMES",
-        help="run attnreg's conformance suite on these registered patterns (comma-separated, or 'all')",
+        help="run attnreg's conformance suite on these patterns (comma-separated; alone or 'all': every one)",
     )
     group.addoption(
         "--attnreg-engines",
