@@ -9,7 +9,8 @@ registers the plugins itself when they are not installed; xformers is optional, 
    synthetic patterns covering every part, with padding and per-example global tokens, at a length that is not a
    block multiple; every engine that supports the call; the output (no grad: xformers merges partial attentions) and
    the output and every gradient (with grad: one call with a trainable bias), against the fp32 reference.
-2. Timings, median of repeats: xformers against the blocked engine, dense SDPA and transformers' layers, for every
+2. The test suite's CUDA-marked tests (``pytest -m cuda``), which skip without CUDA.
+3. Timings, median of repeats: xformers against the blocked engine, dense SDPA and transformers' layers, for every
    registered layer benchmark, forward and forward + backward.
 
 Exit status: 0 every check passed; 1 a mismatch or NaN; 2 no CUDA device (the CPU engines are still checked).
@@ -169,6 +170,20 @@ def correctness(device: str, dtypes: list[torch.dtype], length: int) -> bool:
     return ok
 
 
+def cuda_tests() -> bool:
+    """Run the suite's CUDA-marked tests in a subprocess (repository and plugins on its path); True if they passed."""
+    import os
+    import subprocess
+
+    paths = [str(ROOT), *[str(p.parent) for p in sorted(ROOT.glob("plugins/*/pyproject.toml"))]]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"]
+    print("\n== " + " ".join(command[1:]) + " ==", flush=True)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    print("\n".join(done.stdout.strip().splitlines()[-15:]), flush=True)
+    return done.returncode in (0, 5)  # 5: nothing collected
+
+
 def timings(device: str, lengths: list[int], dtype: torch.dtype, repeats: int, out: Path | None) -> None:
     """Every layer benchmark: xformers, blocked, dense SDPA and transformers, forward and forward + backward."""
     from attnreg.bench.plot import plot_result
@@ -235,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing-dtype", choices=sorted(DTYPES), default="bfloat16")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-timings", action="store_true")
+    parser.add_argument("--no-tests", action="store_true", help="skip the suite's CUDA-marked tests")
     parser.add_argument("--out", type=Path, help="folder for the timing plots")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -246,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda:
         dtypes = [torch.float32, torch.bfloat16][: 1 if args.quick else 2]
     ok = correctness(device, dtypes, args.length if cuda else min(args.length, 131))
+    if cuda and not args.no_tests:
+        ok &= cuda_tests()
     if cuda and not args.no_timings:
         lengths = [int(part) for part in args.lengths.split(",") if part.strip()]
         timings(device, lengths[:1] if args.quick else lengths, DTYPES[args.timing_dtype], args.repeats, args.out)
