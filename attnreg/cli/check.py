@@ -34,6 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checks", nargs="+", metavar="CHECK", help="only these checks (see --list-checks)")
     parser.add_argument("--list-checks", action="store_true", help="list the checks and exit")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch CPU threads (default 1: the suite's tensors are small, more threads mostly add overhead)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="also say why each skipped check was skipped")
     parser.set_defaults(func=run)
 
@@ -60,8 +67,14 @@ def run(args: argparse.Namespace) -> int:
         for name, check in {**SPEC_CHECKS, **ENGINE_CHECKS}.items():
             print(f"{name:20} {(check.__doc__ or '').splitlines()[0]}")
         return 0
+    import torch
+
     from attnreg import PatternError, UnknownNameError
 
+    if args.threads < 1:
+        print(f"attnreg check: --threads {args.threads} is not allowed: expected an int >= 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     try:
         report = run_conformance(
