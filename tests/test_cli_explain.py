@@ -72,3 +72,15 @@ def test_unknown_pattern_parameter_is_rejected(capsys: pytest.CaptureFixture) ->
     with pytest.raises(SystemExit):
         main(["explain", "explain-banded", "--nope", "1"])
     assert "--nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["explain", "bench"])
+def test_help_before_a_name_prints_the_usage(command, capsys):
+    assert main([command, "--help"]) == 0
+    assert f"attnreg {command} NAME" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["explain", "bench"])
+def test_no_name_is_a_usage_error(command, capsys):
+    assert main([command]) == 2
+    assert f"attnreg {command} NAME" in capsys.readouterr().out

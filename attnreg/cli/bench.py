@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         usage=USAGE,
         add_help=False,
     )
+    parser.add_argument("-h", "--help", action="store_true", help="show this help (or NAME's, after NAME) and exit")
     parser.add_argument("name", nargs="?", help="a layer benchmark or a pattern (see `attnreg list`)")
     parser.add_argument("options", nargs=argparse.REMAINDER, help="benchmark options (and pattern parameters)")
     parser.set_defaults(func=run, bench_parser=parser)
@@ -83,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
     from attnreg.bench.runner import run_benchmark
     from attnreg.bench.table import format_table
 
-    if args.name is None or args.name in ("-h", "--help"):
+    if args.help or args.name is None:
         args.bench_parser.print_help()
-        return 0 if args.name else 2
+        return 0 if args.help else 2
     try:
         registry = get_registry()
         bare = "--bare" in args.options or args.name not in registry.benchmarks

@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         usage=USAGE,
         add_help=False,
     )
+    parser.add_argument("-h", "--help", action="store_true", help="show this help (or NAME's, after NAME) and exit")
     parser.add_argument("name", nargs="?", help="a registered pattern (see `attnreg list`)")
     parser.add_argument("options", nargs=argparse.REMAINDER, help="call options and the pattern's parameters")
     parser.set_defaults(func=run, explain_parser=parser)
@@ -136,9 +137,9 @@ def _seconds(cost: float | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the dispatcher's verdicts; 2 on a usage error (unknown name, bad option or parameter)."""
-    if args.name is None or args.name in ("-h", "--help"):
+    if args.help or args.name is None:
         args.explain_parser.print_help()
-        return 0 if args.name else 2
+        return 0 if args.help else 2
     try:
         options = pattern_parser(args.name).parse_args(args.options)
         pattern = pattern_from_args(args.name, options)
