@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml) $(wildca
 demo: setup
 	$(BIN)/attnreg list
 	$(BIN)/attnreg show longt5-tglobal --length 40 --local-radius 3 --global-block-size 8 --pad 6
+	$(BIN)/attnreg bench longt5-tglobal
 
 test: setup
 	$(BIN)/ruff check .
