@@ -38,7 +38,10 @@ def _bias(call: AttentionCall, query_block: torch.Tensor) -> torch.Tensor | None
 
 
 def _attend(call: AttentionCall, q: torch.Tensor, bias: torch.Tensor | None, last: torch.Tensor):
-    valid = torch.arange(call.count, device=call.device) <= last
+    """``q`` blocks against the aggregated keys; keys past ``last`` are masked (into the bias when there is one)."""
+    valid = (torch.arange(call.count, device=call.device) <= last)[:, None, None, None, :]
+    if bias is not None:
+        bias, valid = bias.masked_fill(~valid, float("-inf")), None
     return blocked_attention(
         q,
         call.aggregated_k,
@@ -47,7 +50,7 @@ def _attend(call: AttentionCall, q: torch.Tensor, bias: torch.Tensor | None, las
         step=0,
         scale=call.scale,
         bias=bias,
-        valid=valid[:, None, None, None, :],
+        valid=valid,
     )
 
 

@@ -74,6 +74,17 @@ def _key_grad(a: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
     return a.flatten(2, 3).transpose(-1, -2) @ b.flatten(2, 3)
 
 
+def _mask_chunk(bias: torch.Tensor | None, valid: torch.Tensor | None, blocks: int) -> int:
+    """How many blocks one chunk holds when only the additive mask (bias + validity) is materialised."""
+    shapes = [t.shape for t in (bias, valid) if t is not None]
+    if not shapes:
+        return blocks
+    per_block = 1
+    for dim in (0, 1, 3, 4):
+        per_block *= max(shape[dim] for shape in shapes)
+    return max(1, CHUNK_ELEMENTS // per_block)
+
+
 def _flash_ok(q: torch.Tensor) -> bool:
     return q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16, torch.float16)
 
@@ -158,8 +169,11 @@ class BlockedAttention(torch.autograd.Function):
         kb = key_blocks(k, blocks, size, step)
         vb = key_blocks(v, blocks, size, step)
         chunk = chunk_size((batch, heads, blocks, queries, size))
+        flash = _flash_ok(q)
+        # the fused kernel never materialises scores: only the mask bounds a forward chunk
+        forward_chunk = _mask_chunk(bias, valid, blocks) if flash else chunk
         outs, lses = [], []
-        for part, masked in pieces(blocks, edges, chunk, whole_interior=_flash_ok(q)):
+        for part, masked in pieces(blocks, edges, forward_chunk, whole_interior=flash):
             mask = additive_mask(None if bias is None else bias.detach(), valid if masked else None, part)
             out, lse = _forward_chunk(q[:, :, part], kb[:, :, part], vb[:, :, part], mask, scale, step == 0)
             outs.append(out)
