@@ -13,7 +13,7 @@ from attnreg.execution.call import AttentionCall
 from attnreg.execution.engine import Engine
 
 #: Effective rate (FLOP/s) of the blocked kernels and a fixed cost per call, measured on a 2-core CPU.
-_CPU_RATE = 6e10
+_CPU_RATE = 1e11
 _GPU_RATE = 5e12
 _CALL_OVERHEAD = 1e-3
 
