@@ -125,6 +125,13 @@ def test_matches_reference_without_attention_mask(name: str, length: int) -> Non
     compare(replace(call, attention_mask=None), atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("name", ["local-bias", "globals-bias", "tglobal", "everything"])
+def test_unfused_path_matches_reference(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain-matmul forward (what runs off CPU, e.g. CUDA) on CPU in fp32."""
+    monkeypatch.setattr("attnreg.execution.blocked.kernel._flash_ok", lambda q: False)
+    compare(make_inputs(PATTERNS[name], 29), atol=2e-5, rtol=2e-5)
+
+
 @pytest.mark.parametrize("name", ["local-bias", "globals-own", "tglobal", "everything"])
 def test_matches_reference_fp64_at_default_block(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("attnreg.execution.blocked.layout.DEFAULT_BLOCK", DEFAULT_BLOCK)
