@@ -7,7 +7,6 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 #: Queries per block on the window part; a measured compromise between the fused kernel's efficiency
 #: (larger blocks) and the keys a block computes beyond its queries' windows (smaller blocks).
@@ -49,12 +48,19 @@ class Blocks:
 
 
 def pad_length(x: torch.Tensor, before: int, after: int, value: float | bool = 0) -> torch.Tensor:
-    """Pad dimension 2 of ``(batch, heads, length, dim)`` (or dimension 1 of ``(batch, length)``)."""
+    """Pad dimension 2 of ``(batch, heads, length, dim)`` (or dimension 1 of ``(batch, length)``) with ``value``.
+
+    One concatenation: each element is written once (a padded copy would fill the whole tensor first).
+    """
     if before == 0 and after == 0:
         return x
-    if x.dim() == 2:
-        return F.pad(x, (before, after), value=value)
-    return F.pad(x, (0, 0, before, after), value=value)
+    dim = 1 if x.dim() == 2 else 2
+    pieces = []
+    for count in (before, after):
+        shape = list(x.shape)
+        shape[dim] = count
+        pieces.append(x.new_full(shape, value) if count else None)
+    return torch.cat([p for p in (pieces[0], x, pieces[1]) if p is not None], dim=dim)
 
 
 def table_dtype(weight: torch.Tensor) -> torch.Tensor:
