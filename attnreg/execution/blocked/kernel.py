@@ -76,9 +76,9 @@ def _key_grad(a: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
 
 def _mask_chunk(bias: torch.Tensor | None, valid: torch.Tensor | None, blocks: int) -> int:
     """How many blocks one chunk holds when only the additive mask (bias + validity) is materialised."""
-    shapes = [t.shape for t in (bias, valid) if t is not None]
-    if not shapes:
-        return blocks
+    if bias is None or valid is None:
+        return blocks  # one of them alone is passed as a view, nothing is materialised
+    shapes = [bias.shape, valid.shape]
     per_block = 1
     for dim in (0, 1, 3, 4):
         per_block *= max(shape[dim] for shape in shapes)
