@@ -9,6 +9,20 @@ import torch
 from attnreg._validation import PatternError, require
 from attnreg.pattern.spec import Pattern
 
+#: The floating inputs of a call, which engines may differentiate, in the order they are reported.
+TENSOR_NAMES = (
+    "q",
+    "k",
+    "v",
+    "global_q",
+    "global_k",
+    "global_v",
+    "aggregated_k",
+    "aggregated_v",
+    "bias_weight",
+    "aggregated_bias_weight",
+)
+
 
 @dataclass(frozen=True)
 class AttentionCall:
@@ -74,19 +88,7 @@ class AttentionCall:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor input by name (``None`` ones left out)."""
-        names = (
-            "q",
-            "k",
-            "v",
-            "global_q",
-            "global_k",
-            "global_v",
-            "aggregated_k",
-            "aggregated_v",
-            "bias_weight",
-            "aggregated_bias_weight",
-        )
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        return {name: getattr(self, name) for name in TENSOR_NAMES if getattr(self, name) is not None}
 
     @property
     def requires_grad(self) -> bool:

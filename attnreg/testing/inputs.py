@@ -14,20 +14,6 @@ import torch
 
 from attnreg.pattern.spec import Pattern
 
-#: Names of the floating inputs an engine may differentiate, in the order they are reported.
-TENSOR_NAMES = (
-    "q",
-    "k",
-    "v",
-    "global_q",
-    "global_k",
-    "global_v",
-    "aggregated_k",
-    "aggregated_v",
-    "bias_weight",
-    "aggregated_bias_weight",
-)
-
 #: Inputs indexed by token position along dim 2 (the rest are tables or aggregated keys).
 TOKEN_TENSORS = ("q", "k", "v", "global_q", "global_k", "global_v")
 
