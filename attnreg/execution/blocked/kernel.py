@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 #: Score elements (batch × heads × blocks × queries × keys) one chunk works on; bounds the working memory.
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 20
 
 
 def key_blocks(keys: torch.Tensor, num_blocks: int, size: int, step: int) -> torch.Tensor:
