@@ -23,6 +23,7 @@ def attention(
     aggregated_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     bias_weight: torch.Tensor | None = None,
     aggregated_bias_weight: torch.Tensor | None = None,
+    max_globals: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Attention of ``(batch, heads, length, head_dim)`` queries, keys and values under ``pattern``.
@@ -30,8 +31,9 @@ def attention(
     ``attention_mask`` is ``(batch, length)``, True (or 1) for real tokens; ``global_mask`` marks selected global
     tokens; ``global_qkv`` are the global rows' own projections; ``aggregated_kv`` the keys and values of the
     aggregated tokens; ``bias_weight`` and ``aggregated_bias_weight`` the ``(num_buckets, heads)`` tables of the
-    pattern's relative-position biases. ``backend`` names an engine; one that cannot run the call is an error
-    that says why. Padded queries give zeros.
+    pattern's relative-position biases. ``max_globals`` bounds the global tokens of an example: the fast engines
+    then read nothing back from the device (no CUDA sync; ``torch.compile`` traces them). ``backend`` names an
+    engine; one that cannot run the call is an error that says why. Padded queries give zeros.
     """
     call = make_call(
         q,
@@ -44,6 +46,7 @@ def attention(
         aggregated_kv=aggregated_kv,
         bias_weight=bias_weight,
         aggregated_bias_weight=aggregated_bias_weight,
+        max_globals=max_globals,
     )
     return choose(call, get_registry().engines(), backend)(call)
 

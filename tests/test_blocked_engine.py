@@ -202,3 +202,29 @@ def test_engine_supports_and_estimates_linear_cost() -> None:
     long = make_inputs(PATTERNS["local-bias"], 4096, batch=1)
     assert engine.unsupported_reasons(short) == []
     assert 0 < engine.estimated_cost(short) < engine.estimated_cost(long) < 100 * engine.estimated_cost(short)
+
+
+@pytest.mark.parametrize("bound", [2, 5, 100])
+def test_a_bound_on_global_tokens_gives_the_same_result(bound: int) -> None:
+    """``max_globals`` fixes the slot count statically (no value read from the device); results are unchanged."""
+    call = make_inputs(PATTERNS["globals-own"], 13)  # at most 2 global tokens per example at this length
+    compare(replace(call, max_globals=bound), atol=2e-5, rtol=2e-5)
+
+
+def test_more_global_tokens_than_the_bound_is_an_error() -> None:
+    call = make_inputs(PATTERNS["globals-own"], 29)  # example 2 has several global tokens
+    with pytest.raises(RuntimeError, match="more global tokens than max_globals"):
+        blocked_attention_call(replace(call, max_globals=1))
+
+
+@pytest.mark.parametrize(("bound", "allowed"), [(-1, "an int >= 0"), (True, "an int >= 0"), (2.0, "an int >= 0")])
+def test_a_bad_bound_is_an_error_naming_it(bound, allowed: str) -> None:
+    call = make_inputs(PATTERNS["globals"], 9)
+    with pytest.raises(ValueError, match=f"max_globals={bound!r} is not allowed: expected None or {allowed}"):
+        make_call(call.q, call.k, call.v, call.pattern, global_mask=call.global_mask, max_globals=bound)
+
+
+def test_a_bound_without_selected_globals_is_an_error() -> None:
+    call = make_inputs(PATTERNS["window"], 9)
+    with pytest.raises(ValueError, match="max_globals=3 is not allowed: this pattern has no selected_globals"):
+        make_call(call.q, call.k, call.v, call.pattern, max_globals=3)

@@ -31,6 +31,9 @@ def _case(kind: str) -> tuple[Pattern, dict]:
         return Pattern(window=Window(2, 1)), {}
     if kind == "causal":
         return Pattern(window=Window.causal(3)), {}
+    if kind == "globals-bounded":  # a static bound on global tokens: nothing is read from the data
+        pattern, inputs = _case("globals")
+        return pattern, {**inputs, "max_globals": 2}
     if kind == "globals":
         global_mask = torch.zeros(BATCH, LENGTH, dtype=torch.bool)
         global_mask[0, 0] = global_mask[1, 3] = global_mask[1, 5] = True
@@ -77,7 +80,7 @@ class _Attention(torch.nn.Module):
 _KINDS = {
     "reference": ("window", "globals", "tglobal"),
     "dense-sdpa": ("window", "globals", "tglobal"),
-    "blocked": ("window", "causal", "tglobal"),
+    "blocked": ("window", "causal", "tglobal", "globals-bounded"),
     None: ("window", "globals"),
 }
 CASES = [(backend, kind) for backend, kinds in _KINDS.items() for kind in kinds]

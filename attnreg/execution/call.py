@@ -32,7 +32,8 @@ class AttentionCall:
     - ``global_mask``: ``(batch, length)`` bool, True for selected global tokens, or ``None``;
     - ``global_q/k/v``: the global rows' own projections, shaped as ``q`` (selected globals with own projections);
     - ``aggregated_k/v``: ``(batch, heads, count, head_dim)`` keys and values of the aggregated tokens;
-    - ``bias_weight`` / ``aggregated_bias_weight``: ``(num_buckets, heads)`` learned relative-position tables.
+    - ``bias_weight`` / ``aggregated_bias_weight``: ``(num_buckets, heads)`` learned relative-position tables;
+    - ``max_globals``: a bound on selected global tokens per example, or ``None`` (see :meth:`global_slots`).
     """
 
     q: torch.Tensor
@@ -48,6 +49,7 @@ class AttentionCall:
     aggregated_v: torch.Tensor | None = None
     bias_weight: torch.Tensor | None = None
     aggregated_bias_weight: torch.Tensor | None = None
+    max_globals: int | None = None
 
     @property
     def batch(self) -> int:
@@ -90,6 +92,18 @@ class AttentionCall:
         """Every tensor input by name (``None`` ones left out)."""
         return {name: getattr(self, name) for name in TENSOR_NAMES if getattr(self, name) is not None}
 
+    def global_slots(self, counts: torch.Tensor) -> int:
+        """How many global slots per example engines lay out, from ``(batch,)`` global token ``counts``.
+
+        With ``max_globals`` the count is static (nothing is read back from the device, so CUDA never waits and
+        ``torch.compile`` traces it; more globals than the bound fail an asynchronous device assert); without it,
+        the batch's largest count is read back once.
+        """
+        if self.max_globals is None:
+            return int(counts.max()) if counts.numel() else 0
+        torch._assert_async((counts <= self.max_globals).all(), "an example has more global tokens than max_globals")
+        return min(self.max_globals, self.length)
+
     @property
     def requires_grad(self) -> bool:
         """Whether any floating input needs a gradient (so an engine must support backward)."""
@@ -108,6 +122,7 @@ def make_call(
     aggregated_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     bias_weight: torch.Tensor | None = None,
     aggregated_bias_weight: torch.Tensor | None = None,
+    max_globals: int | None = None,
 ) -> AttentionCall:
     """Check every input against ``pattern`` and each other; errors name the argument, value and what is allowed."""
     require(isinstance(pattern, Pattern), "pattern", pattern, "expected an attnreg.Pattern (see attnreg.get_pattern)")
@@ -119,6 +134,14 @@ def make_call(
     selected = pattern.selected_globals
     if global_mask is not None:
         require(selected is not None, "global_mask", "a tensor", "this pattern has no selected_globals")
+    if max_globals is not None:
+        require(selected is not None, "max_globals", max_globals, "this pattern has no selected_globals; pass None")
+        require(
+            isinstance(max_globals, int) and not isinstance(max_globals, bool) and max_globals >= 0,
+            "max_globals",
+            max_globals,
+            "expected None or an int >= 0 (a bound on global tokens per example)",
+        )
     global_q = global_k = global_v = None
     if global_qkv is not None:
         require(
@@ -174,6 +197,7 @@ def make_call(
         aggregated_v=aggregated_v,
         bias_weight=bias_weight,
         aggregated_bias_weight=aggregated_bias_weight,
+        max_globals=max_globals,
     )
 
 

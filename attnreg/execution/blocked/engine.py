@@ -26,7 +26,7 @@ def blocked_attention_call(call: AttentionCall) -> torch.Tensor:
     blocks = Blocks.for_length(call.length)
     slots = None
     if call.pattern.selected_globals is not None and call.global_mask is not None:
-        slots = Slots.gather(call.global_mask & real)
+        slots = Slots.gather(call.global_mask & real, call)
         if slots.count == 0:
             slots = None
     keys_ok = real if slots is None else real & ~slots.rows
@@ -66,9 +66,9 @@ class BlockedEngine(Engine):
         return []
 
     def untraceable_reasons(self, call: AttentionCall) -> list[str]:
-        """Asked by the dispatcher under torch.compile only: the global slot count is read from the data."""
-        if call.pattern.selected_globals is not None and call.global_mask is not None:
-            return ["the number of selected global tokens (slots) is read from the data"]
+        """Asked by the dispatcher under torch.compile only: without ``max_globals`` the slot count is data."""
+        if call.pattern.selected_globals is not None and call.global_mask is not None and call.max_globals is None:
+            return ["the number of selected global tokens is read from the data; pass max_globals= to fix it"]
         return []
 
     def estimated_cost(self, call: AttentionCall) -> float:

@@ -1,7 +1,7 @@
 """Selected global tokens (Longformer): every query against the global keys, and the global queries against all.
 
 Global tokens are gathered into ``slots`` per example (globals first, in position order); the slot count is the
-largest number of globals in the batch, the one value read back from the device.
+call's ``max_globals`` bound, or else the largest number of globals in the batch, read back from the device.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ class Slots:
     filled: torch.Tensor
 
     @classmethod
-    def gather(cls, global_rows: torch.Tensor) -> Slots:
+    def gather(cls, global_rows: torch.Tensor, call: AttentionCall) -> Slots:
         """Slots for the ``(batch, length)`` bool global rows (already restricted to real tokens)."""
         counts = global_rows.sum(dim=-1)
-        slots = int(counts.max())
+        slots = call.global_slots(counts)
         order = torch.argsort((~global_rows).to(torch.uint8), dim=-1, stable=True)
         index = order[:, :slots]
         filled = torch.arange(slots, device=global_rows.device) < counts[:, None]

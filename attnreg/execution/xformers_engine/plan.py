@@ -151,10 +151,10 @@ def _aggregated_keys(call: AttentionCall, real: torch.Tensor, queries: torch.Ten
     return _Keys(allowed, bias, columns)
 
 
-def _selected_positions(global_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _selected_positions(call: AttentionCall, global_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The global tokens' positions ``(batch, most)`` in order, and which slots hold one (examples differ in count)."""
     counts = global_mask.sum(dim=-1)
-    most = int(counts.max()) if global_mask.numel() else 0  # one host sync: the kernels need a static key count
+    most = call.global_slots(counts)  # the kernels need a static key count
     order = torch.sort((~global_mask).to(torch.int8), dim=-1, stable=True).indices[:, :most]
     valid = torch.arange(most, device=global_mask.device) < counts[:, None]
     return order, valid
@@ -261,7 +261,7 @@ def build_plan(
     ) & real
     positions = valid = None
     if pattern.selected_globals is not None:
-        positions, valid = _selected_positions(global_mask)
+        positions, valid = _selected_positions(call, global_mask)
         if positions.shape[1] == 0:
             positions = valid = None
 

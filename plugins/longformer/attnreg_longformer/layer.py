@@ -29,6 +29,8 @@ class LongformerSelfAttention(nn.Module):
 
     #: The attnreg engine to use (``None``: the dispatcher picks the cheapest that supports the call).
     attnreg_backend: str | None = None
+    #: A bound on global tokens per example: with it, nothing is read back from the device (see attnreg.attention).
+    attnreg_max_globals: int | None = None
 
     def __init__(self, config, layer_id: int) -> None:
         super().__init__()
@@ -53,6 +55,7 @@ class LongformerSelfAttention(nn.Module):
         self.one_sided_attn_window_size = self.pattern.window.left
         self.config = config
         self.attnreg_backend = None
+        self.attnreg_max_globals = None
 
     def forward(
         self,
@@ -82,6 +85,8 @@ class LongformerSelfAttention(nn.Module):
         if masks.global_mask is not None:
             global_qkv = self._project(hidden_states, (self.query_global, self.key_global, self.value_global))
         inputs = {"attention_mask": masks.real, "global_mask": masks.global_mask, "global_qkv": global_qkv}
+        if masks.global_mask is not None:
+            inputs["max_globals"] = self.attnreg_max_globals
 
         drop = self.training and self.dropout > 0
         if not (output_attentions or drop):

@@ -116,6 +116,24 @@ def test_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.isfinite(out).all()
 
 
+def test_no_host_sync_on_the_blocked_engine_with_a_bound_on_global_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    ours, _ = layer_pair()
+    inputs = layer_inputs([12, 9], [[0, 11], [3, 4]], 12)
+    ours.attnreg_backend = "reference"
+    expected = ours(**inputs)[0]
+    ours.attnreg_backend, ours.attnreg_max_globals = "blocked", 2
+
+    def sync(*args, **kwargs):
+        raise AssertionError("host sync on the layer's path")
+
+    for name in ("item", "nonzero", "tolist", "__bool__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, sync)
+    monkeypatch.setattr(torch, "nonzero", sync)
+    out = ours(**inputs)[0]
+    monkeypatch.undo()
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_backend_attribute_is_passed_to_attnreg() -> None:
     ours, _ = layer_pair()
     inputs = layer_inputs([8], [[0]], 8)
