@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pattern", choices=["longt5-tglobal", "longt5-local"], default="longt5-tglobal")
     parser.add_argument("--pretrained", help="a checkpoint folder or hub id (default: a random one of --size)")
     parser.add_argument("--size", choices=sorted(SIZES), default="base", help="random checkpoint size (default base)")
+    parser.add_argument("--layers", type=int, help="encoder layers of the random checkpoint (default: the size's)")
     parser.add_argument("--lengths", default="4096,16384", help="comma-separated lengths (default 4096,16384)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = args.pretrained
         if checkpoint is None:
             torch.manual_seed(0)
-            LongT5EncoderModel(make_config(args.pattern, **SIZES[args.size])).save_pretrained(folder)
+            layers = {} if args.layers is None else {"num_layers": args.layers, "num_decoder_layers": args.layers}
+            LongT5EncoderModel(make_config(args.pattern, **{**SIZES[args.size], **layers})).save_pretrained(folder)
             checkpoint = folder
         models = load_models(args, checkpoint)
         config = models["attnreg"].config
