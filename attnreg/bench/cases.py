@@ -74,6 +74,12 @@ def pin_backend(module: torch.nn.Module, backend: str | None) -> int:
     return pinned
 
 
+def _trainable(module: torch.nn.Module, kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    """The tensors a backward pass gives gradients to: the module's parameters and inputs that require grad."""
+    inputs = [v for v in kwargs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    return [*module.parameters(), *inputs]
+
+
 def layer_variants(
     entry: BenchmarkEntry,
     length: int,
@@ -89,15 +95,11 @@ def layer_variants(
     for label, (module, kwargs) in cases.items():
         if label == "attnreg":
             continue
-        params = [
-            *module.parameters(),
-            *[v for v in kwargs.values() if isinstance(v, torch.Tensor) and v.requires_grad],
-        ]
-        yield Variant(label, _step(lambda m=module, k=kwargs: m(**k), params, grad))
+        yield Variant(label, _step(lambda m=module, k=kwargs: m(**k), _trainable(module, kwargs), grad))
     module, kwargs = cases["attnreg"]
     if not pin_backend(module, None):
         raise TypeError(f"benchmark {entry.name!r}: its attnreg module has no submodule with an attnreg_backend")
-    params = [*module.parameters(), *[v for v in kwargs.values() if isinstance(v, torch.Tensor) and v.requires_grad]]
+    params = _trainable(module, kwargs)
     for engine in engines:
 
         def forward(engine: str = engine) -> Any:

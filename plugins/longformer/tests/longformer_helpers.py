@@ -36,3 +36,28 @@ def make_batch(
     for row, positions_ in enumerate(globals_):
         global_attention_mask[row, list(positions_)] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "global_attention_mask": global_attention_mask}
+
+
+def layer_inputs(
+    real: Sequence[int],
+    globals_: Sequence[Sequence[int]],
+    length: int,
+    dtype: torch.dtype = torch.float32,
+    *,
+    hidden_size: int = 16,
+    seed: int = 1,
+) -> dict:
+    """A self-attention layer's arguments as transformers 5's encoder builds them: finfo.min for padding,
+    finfo.max for global tokens, the index masks derived from it."""
+    mask = torch.zeros(len(real), length, dtype=dtype)
+    for row, (count, positions) in enumerate(zip(real, globals_, strict=True)):
+        mask[row, list(positions)] = torch.finfo(dtype).max
+        mask[row, count:] = torch.finfo(dtype).min
+    hidden = torch.randn(len(real), length, hidden_size, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    return {
+        "hidden_states": hidden,
+        "attention_mask": mask,
+        "is_index_masked": mask < 0,
+        "is_index_global_attn": mask > 0,
+        "is_global_attn": bool((mask > 0).any()),
+    }

@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 from attnreg_longformer import LongformerSelfAttention
-from longformer_helpers import make_batch
+from longformer_helpers import layer_inputs, make_batch
 from transformers.models.longformer import modeling_longformer
 
 import attnreg
@@ -39,21 +39,6 @@ def layer_pair(engine: str) -> tuple[LongformerSelfAttention, torch.nn.Module]:
     return ours, theirs
 
 
-def encoder_inputs(lengths: list[int], globals_: list[list[int]], length: int) -> dict:
-    mask = torch.zeros(len(lengths), length)
-    for row, (count, positions) in enumerate(zip(lengths, globals_, strict=True)):
-        mask[row, positions] = torch.finfo(mask.dtype).max
-        mask[row, count:] = torch.finfo(mask.dtype).min
-    hidden = torch.randn(len(lengths), length, 32, generator=torch.Generator().manual_seed(2))
-    return {
-        "hidden_states": hidden,
-        "attention_mask": mask,
-        "is_index_masked": mask < 0,
-        "is_index_global_attn": mask > 0,
-        "is_global_attn": bool((mask > 0).any()),
-    }
-
-
 # at most 77 real tokens: attnreg runs 77 positions, transformers the same padded to 80 (a multiple of the window)
 CASES = {
     "window-only": ([77, 77], [[], []]),
@@ -67,7 +52,7 @@ CASES = {
 def test_layer_outputs_and_gradients_equal_transformers(engine: str, case: str) -> None:
     lengths, globals_ = CASES[case]
     ours, theirs = layer_pair(engine)
-    inputs = encoder_inputs(lengths, globals_, 80)
+    inputs = layer_inputs(lengths, globals_, 80, hidden_size=32, seed=2)
     skip_unless_runs(engine, ours, _cut(inputs, 77))
     keep = ~inputs["is_index_masked"]
     results = []
@@ -93,7 +78,7 @@ def _cut(inputs: dict, length: int) -> dict:
 @pytest.mark.parametrize("engine", ENGINES)
 def test_layer_half_precision_is_finite_and_close(engine: str, dtype: torch.dtype) -> None:
     ours, _ = layer_pair(engine)
-    inputs = encoder_inputs([77, 53, 19], [[0, 76], [3, 4, 40], []], 80)
+    inputs = layer_inputs([77, 53, 19], [[0, 76], [3, 4, 40], []], 80, hidden_size=32, seed=2)
     skip_unless_runs(engine, ours, inputs)
     expected = ours(**inputs)[0]
     ours.to(dtype)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import transformers
 from attnreg_longformer import LongformerSelfAttention
+from longformer_helpers import layer_inputs
 from transformers.models.longformer import modeling_longformer
 
 import attnreg
@@ -22,22 +23,6 @@ def layer_pair(dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, tor
     ours = LongformerSelfAttention(config, layer_id=0).to(dtype).eval()
     ours.load_state_dict(theirs.state_dict())
     return ours, theirs
-
-
-def layer_inputs(real: list[int], globals_: list[list[int]], length: int, dtype=torch.float32) -> dict:
-    """The encoder's arguments: finfo.min for padding, finfo.max for global tokens (as transformers 5 builds them)."""
-    mask = torch.zeros(len(real), length, dtype=dtype)
-    for row, (count, positions) in enumerate(zip(real, globals_, strict=True)):
-        mask[row, positions] = torch.finfo(dtype).max
-        mask[row, count:] = torch.finfo(dtype).min
-    hidden = torch.randn(len(real), length, 16, generator=torch.Generator().manual_seed(1)).to(dtype)
-    return {
-        "hidden_states": hidden,
-        "attention_mask": mask,
-        "is_index_masked": mask < 0,
-        "is_index_global_attn": mask > 0,
-        "is_global_attn": bool((mask > 0).any()),
-    }
 
 
 CASES = {
