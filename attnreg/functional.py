@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from attnreg._validation import require
 from attnreg.execution.call import make_call
 from attnreg.execution.dispatch import choose
 from attnreg.execution.reference import reference_weights
@@ -63,5 +64,6 @@ def attention_weights(
     Takes the same keyword inputs as :func:`attention` (no ``backend``). O(length²): for ``output_attentions``,
     inspection and tests, never the fast path. Keys are the tokens followed by the aggregated tokens.
     """
+    require("backend" not in inputs, "backend", inputs.get("backend"), "attention_weights always uses the reference")
     weights, output = reference_weights(make_call(q, k, v, pattern, **inputs))
     return output, weights.to(q.dtype)

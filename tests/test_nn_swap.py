@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import attnreg
-from attnreg import Pattern, PatternAttention, PatternError, SelectedGlobals, Window
+from attnreg import AggregatedGlobals, Pattern, PatternAttention, PatternError, SelectedGlobals, Window
 
 EMBED, HEADS, LENGTH, BATCH = 16, 4, 11, 2
 
@@ -272,3 +272,20 @@ def test_bfloat16_runs_without_nan_close_to_float32():
         half, _ = layer.to(torch.bfloat16)(*(x.bfloat16(),) * 3, key_padding_mask=padding, need_weights=False)
     assert half.dtype == torch.bfloat16 and torch.isfinite(half).all()
     torch.testing.assert_close(half.float(), full, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        Pattern(window=Window.causal(None), selected_globals=SelectedGlobals()),
+        Pattern(window=Window.causal(None), aggregated_globals=AggregatedGlobals(2)),
+    ],
+    ids=["selected-globals", "aggregated-globals"],
+)
+def test_causal_mask_is_refused_for_a_causal_window_with_global_tokens(pattern):
+    """Global tokens look ahead, so such a pattern is not causal and a causal mask cannot be honoured."""
+    model = _encoder()
+    mask = nn.Transformer.generate_square_subsequent_mask(LENGTH)
+    x, _ = _inputs()
+    with pytest.raises(PatternError, match="is not causal"):
+        attnreg.swap(model, pattern)(x, mask=mask, is_causal=True)

@@ -143,3 +143,23 @@ def test_materialize_rejects_bad_lengths_and_masks(kwargs, named):
 def test_materialize_rejects_global_tokens_for_a_pattern_without_them():
     with pytest.raises(PatternError, match="no selected_globals"):
         LOCAL.materialize(4, global_mask=torch.tensor([[False, True, False, False]]))
+
+
+def test_global_projections_without_a_global_mask_are_an_error():
+    q = torch.randn(1, 2, 6, 4)
+    pattern = attnreg.Pattern(selected_globals=attnreg.SelectedGlobals(own_projections=True))
+    with pytest.raises(attnreg.PatternError, match=r"global_qkv=.* needs a global_mask"):
+        attnreg.attention(q, q, q, pattern, global_qkv=(q, q, q))
+
+
+def test_a_bias_table_in_another_dtype_than_q_or_float32_is_an_error():
+    q = torch.randn(1, 2, 6, 4)
+    pattern = attnreg.Pattern(window=attnreg.Window(1, 1), bias=attnreg.RelativePositionBias())
+    with pytest.raises(attnreg.PatternError, match=r"bias_weight\.dtype=torch\.float64 is not allowed"):
+        attnreg.attention(q, q, q, pattern, bias_weight=torch.zeros(32, 2, dtype=torch.float64))
+
+
+def test_attention_weights_takes_no_backend():
+    q = torch.randn(1, 2, 6, 4)
+    with pytest.raises(attnreg.PatternError, match="backend='blocked' is not allowed"):
+        attnreg.attention_weights(q, q, q, attnreg.Pattern(), backend="blocked")

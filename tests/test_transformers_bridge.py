@@ -259,3 +259,26 @@ def test_global_tokens_needing_own_projections_are_refused(tmp_path, registered)
     global_mask[:, 0] = True
     with pytest.raises(PatternError, match="own global query/key/value projections"):
         model(input_ids=input_ids, attention_mask=attention_mask, global_mask=global_mask)
+
+
+def test_cross_attention_of_equal_length_is_refused(registered, tmp_path):
+    """BART's decoder cross-attention with source and target of one length is still cross-attention."""
+    config = transformers.BartConfig(
+        vocab_size=60,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=64,
+        use_cache=False,
+    )
+    torch.manual_seed(0)
+    transformers.BartModel(config).save_pretrained(tmp_path)
+    name = registered(Pattern(window=Window.causal(3)))
+    model = transformers.BartModel.from_pretrained(tmp_path, attn_implementation=name)
+    ids = torch.randint(3, 60, (1, 8))
+    with pytest.raises(PatternError, match="cross-attention"):
+        model(input_ids=ids, decoder_input_ids=ids)

@@ -159,6 +159,7 @@ def make_call(
         for name, tensor in zip(("global_q", "global_k", "global_v"), global_qkv, strict=True):
             _check_like(name, tensor, q, tuple(q.shape))
         global_q, global_k, global_v = global_qkv
+        require(global_mask is not None, "global_qkv", "a tuple of tensors", "needs a global_mask saying which rows")
 
     aggregated_k = aggregated_v = None
     if pattern.aggregated_globals is not None:
@@ -257,6 +258,12 @@ def _check_bias(name: str, weight: torch.Tensor | None, term: object, q: torch.T
         f"expected {shape}",
     )
     require(weight.is_floating_point(), f"{name}.dtype", weight.dtype, "expected a floating dtype")
+    require(
+        weight.dtype in (q.dtype, torch.float32),
+        f"{name}.dtype",
+        weight.dtype,
+        f"expected q's dtype {q.dtype} or torch.float32",
+    )
     require(weight.device == q.device, f"{name}.device", weight.device, f"expected q's device {q.device}")
     return weight
 

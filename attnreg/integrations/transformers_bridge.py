@@ -141,7 +141,7 @@ def make_attention_function(pattern: Pattern, name: str) -> Callable[..., tuple[
         where = type(module).__name__
         causal = bool(getattr(module, "is_causal", False) if is_causal is None else is_causal)
         _refuse(name, where, model_problems(pattern, causal=causal))
-        _refuse(name, where, _call_problems(query, key, attention_mask, dropout, kwargs))
+        _refuse(name, where, _call_problems(module, query, key, attention_mask, dropout, kwargs))
         heads, kv_heads = query.shape[1], key.shape[1]
         if kv_heads != heads:
             key = key.repeat_interleave(heads // kv_heads, dim=1)
@@ -162,7 +162,15 @@ def make_attention_function(pattern: Pattern, name: str) -> Callable[..., tuple[
     return pattern_attention
 
 
+def _is_cross_attention(module: torch.nn.Module) -> bool:
+    """transformers' cross-attention modules: a ``*CrossAttention`` class (BERT family), or a decoder's non-causal
+    attention (BART's ``encoder_attn``)."""
+    decoder_non_causal = getattr(module, "is_decoder", False) and not getattr(module, "is_causal", True)
+    return "CrossAttention" in type(module).__name__ or decoder_non_causal
+
+
 def _call_problems(
+    module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
     attention_mask: torch.Tensor | None,
@@ -170,6 +178,8 @@ def _call_problems(
     kwargs: dict[str, Any],
 ) -> list[str]:
     problems = []
+    if _is_cross_attention(module):
+        problems.append("this is cross-attention (keys from another sequence): a pattern relates a sequence to itself")
     if query.shape[2] != key.shape[2]:
         problems.append(
             f"queries ({query.shape[2]}) and keys ({key.shape[2]}) differ in length: cross-attention or decoding "

@@ -114,6 +114,12 @@ class PatternAttention(nn.Module):
         q, k, v = self._heads(F.linear(x, self.in_proj_weight, self.in_proj_bias))
         weights = None
         if need_weights:
+            require(
+                self.attnreg_backend is None,
+                "attnreg_backend",
+                self.attnreg_backend,
+                "None with need_weights=True (the weights come from the dense reference); pass need_weights=False",
+            )
             out, weights = attention_weights(q, k, v, self.pattern, **inputs)
             weights = weights.mean(dim=1) if average_attn_weights else weights
         else:
@@ -122,6 +128,8 @@ class PatternAttention(nn.Module):
         return (out if self.batch_first else out.transpose(0, 1)), weights
 
     def _check_inputs(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+        nested = isinstance(query, torch.Tensor) and query.is_nested
+        require(not nested, "query", "a nested tensor", "pass a padded tensor and key_padding_mask")
         require(
             isinstance(query, torch.Tensor) and query.dim() == 3 and query.shape[-1] == self.embed_dim,
             "query.shape",
@@ -129,7 +137,6 @@ class PatternAttention(nn.Module):
             f"expected {'(batch, length' if self.batch_first else '(length, batch'}, {self.embed_dim}) "
             "(unbatched and nested inputs are not supported)",
         )
-        require(not query.is_nested, "query", "a nested tensor", "pass a padded tensor and key_padding_mask")
         if key is not query or value is not query:
             raise PatternError(
                 "key/value that are not the query tensor itself are not allowed: PatternAttention is self-attention "

@@ -45,7 +45,7 @@ def check_attn_mask(attn_mask: torch.Tensor | None, is_causal: bool, pattern: Pa
 
     Any other mask would have to be merged into the pattern; attnreg refuses rather than drop it.
     """
-    causal_pattern = pattern.window is not None and pattern.window.is_causal
+    causal_pattern = pattern.is_causal
     if attn_mask is None and not is_causal:
         return
     if not causal_pattern:

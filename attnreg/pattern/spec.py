@@ -89,6 +89,12 @@ class Pattern:
 
     # --- what a run needs -------------------------------------------------------------------------------
 
+    @property
+    def is_causal(self) -> bool:
+        """True when no query sees anything after itself: a causal window and no global tokens (both look ahead)."""
+        window_causal = self.window is not None and self.window.is_causal
+        return window_causal and self.selected_globals is None and self.aggregated_globals is None
+
     def score_scale(self, head_dim: int) -> float:
         """The factor applied to ``q @ k^T``."""
         return 1.0 / math.sqrt(head_dim) if self.scale is None else self.scale
