@@ -82,6 +82,27 @@ class _AttnregLongT5Attention:
         self.pattern = pattern
         self.attnreg_backend = None
 
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        position_bias: SharedPositionBias | None = None,
+        output_attentions: bool = False,
+    ) -> tuple:
+        """``(output, position_bias)``, plus the ``(batch, blocks, heads, block_len, 3 * block_len + count)``
+        weights on request (``count`` aggregated keys for TGlobal, none for local)."""
+        real = token_mask(mask, hidden_states, self.block_len)
+        shared = self._shared_bias(position_bias, hidden_states)
+        aggregated_kv = self._aggregated_kv(hidden_states, real)
+        output, weights = self._attend(hidden_states, real, shared, aggregated_kv, output_attentions)
+        return (output, shared, weights) if output_attentions else (output, shared)
+
+    def _aggregated_kv(
+        self, hidden_states: torch.Tensor, real: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Keys and values of the aggregated tokens; none for a pattern without them."""
+        return None
+
     def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
         batch = states.shape[0]
         return states.view(batch, -1, self.n_heads, self.key_value_proj_dim).transpose(1, 2)
@@ -147,19 +168,6 @@ class LongT5LocalAttention(_AttnregLongT5Attention, modeling_longt5.LongT5LocalA
             ),
         )
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        position_bias: SharedPositionBias | None = None,
-        output_attentions: bool = False,
-    ) -> tuple:
-        """``(output, position_bias)``, plus ``(batch, blocks, heads, block_len, 3 * block_len)`` weights on request."""
-        real = token_mask(mask, hidden_states, self.block_len)
-        shared = self._shared_bias(position_bias, hidden_states)
-        output, weights = self._attend(hidden_states, real, shared, None, output_attentions)
-        return (output, shared, weights) if output_attentions else (output, shared)
-
 
 class LongT5TransientGlobalAttention(_AttnregLongT5Attention, modeling_longt5.LongT5TransientGlobalAttention):
     """LongT5 Transient-Global self-attention run by attnreg; a drop-in for transformers' layer.
@@ -181,22 +189,14 @@ class LongT5TransientGlobalAttention(_AttnregLongT5Attention, modeling_longt5.Lo
             ),
         )
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        position_bias: SharedPositionBias | None = None,
-        output_attentions: bool = False,
-    ) -> tuple:
-        """``(output, position_bias)``, plus ``(batch, blocks, heads, block_len, 3b + count)`` weights on request."""
-        real = token_mask(mask, hidden_states, self.block_len)
-        shared = self._shared_bias(position_bias, hidden_states)
+    def _aggregated_kv(
+        self, hidden_states: torch.Tensor, real: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the aggregated tokens: block sums, the global norm, this layer's k/v projections."""
         everywhere = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
         aggregated = self.pattern.aggregated_globals.aggregate(hidden_states, everywhere if real is None else real)
         aggregated = self.global_input_layer_norm(aggregated)
-        aggregated_kv = (self._split_heads(self.k(aggregated)), self._split_heads(self.v(aggregated)))
-        output, weights = self._attend(hidden_states, real, shared, aggregated_kv, output_attentions)
-        return (output, shared, weights) if output_attentions else (output, shared)
+        return self._split_heads(self.k(aggregated)), self._split_heads(self.v(aggregated))
 
 
 _warned_dropout = False
