@@ -14,6 +14,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnreg import AggregatedGlobals, Pattern, RelativePositionBias, SelectedGlobals, Window
 from attnreg.execution.blocked import BlockedEngine, blocked_attention_call
+from attnreg.execution.blocked import window as blocked_attention_window
+from attnreg.execution.blocked.kernel import pieces
 from attnreg.execution.blocked.layout import DEFAULT_BLOCK
 from attnreg.execution.call import make_call
 from attnreg.execution.reference import reference_attention
@@ -228,3 +230,53 @@ def test_a_bound_without_selected_globals_is_an_error() -> None:
     call = make_inputs(PATTERNS["window"], 9)
     with pytest.raises(ValueError, match="max_globals=3 is not allowed: this pattern has no selected_globals"):
         make_call(call.q, call.k, call.v, call.pattern, max_globals=3)
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_matches_reference_when_masks_cannot_be_read(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on an accelerator or under torch.compile: nothing is read back, every block gets the key mask."""
+    monkeypatch.setattr("attnreg.execution.blocked.layout.host_readable", lambda x: False)
+    compare(make_inputs(PATTERNS[name], 29), atol=2e-5, rtol=2e-5)
+
+
+def _window_masked_flags(call, monkeypatch: pytest.MonkeyPatch) -> tuple[bool, ...] | None:
+    """The per-block ``masked`` flags the window part passes to the kernel for ``call``."""
+    seen = []
+    original = blocked_attention_window.blocked_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["masked"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(blocked_attention_window, "blocked_attention", spy)
+    blocked_attention_call(call)
+    return seen[0]
+
+
+def test_only_blocks_that_reach_a_padded_key_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Window 7 each side, blocks of 8: block i reaches keys 8i - 7 ... 8i + 14. Padding from key 50 on flags the
+    blocks reaching it (5, 6, 7); the first block reaches before the sequence, the last one past it."""
+    call = make_inputs(PATTERNS["local-bias"], 64, batch=2)
+    mask = torch.ones(2, 64, dtype=torch.bool)
+    mask[1, 50:] = False
+    flags = _window_masked_flags(replace(call, attention_mask=mask), monkeypatch)
+    assert flags == (True, False, False, False, False, True, True, True)
+
+
+def test_an_all_true_attention_mask_costs_what_no_mask_costs(monkeypatch: pytest.MonkeyPatch) -> None:
+    call = make_inputs(PATTERNS["local-bias"], 64, batch=2)
+    without = _window_masked_flags(replace(call, attention_mask=None), monkeypatch)
+    all_true = _window_masked_flags(replace(call, attention_mask=torch.ones(2, 64, dtype=torch.bool)), monkeypatch)
+    assert without == all_true == (True, False, False, False, False, False, False, True)
+
+
+def test_blocks_are_cut_into_runs_of_masked_and_unmasked() -> None:
+    flags = (True, False, False, False, True, True, True)
+    assert pieces(7, flags, chunk=2, whole_unmasked=True) == [
+        (slice(0, 1), True),
+        (slice(1, 4), False),
+        (slice(4, 6), True),
+        (slice(6, 7), True),
+    ]
+    assert pieces(3, None, chunk=2, whole_unmasked=True) == [(slice(0, 2), True), (slice(2, 3), True)]
+    assert pieces(3, (False,) * 3, chunk=2, whole_unmasked=False) == [(slice(0, 2), False), (slice(2, 3), False)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from attnreg.execution.blocked import layout
 from attnreg.execution.blocked.aggregated import aggregated_part
 from attnreg.execution.blocked.layout import Blocks
 from attnreg.execution.blocked.merge import merge
@@ -21,7 +22,8 @@ _CALL_OVERHEAD = 1e-3
 def blocked_attention_call(call: AttentionCall) -> torch.Tensor:
     """The output of ``call``, ``(batch, heads, length, head_dim)``; differentiable in every tensor input."""
     real = call.attention_mask
-    if real is None:
+    padded = real is not None and not (layout.host_readable(real) and bool(real.all()))
+    if not padded:
         real = torch.ones(call.batch, call.length, dtype=torch.bool, device=call.device)
     blocks = Blocks.for_length(call.length)
     slots = None
@@ -30,7 +32,7 @@ def blocked_attention_call(call: AttentionCall) -> torch.Tensor:
         if slots.count == 0:
             slots = None
     keys_ok = real if slots is None else real & ~slots.rows
-    if call.attention_mask is None and slots is None:
+    if not padded and slots is None:
         keys_ok = None
     parts = [window_part(call, blocks, keys_ok)]
     if slots is not None:
@@ -40,7 +42,7 @@ def blocked_attention_call(call: AttentionCall) -> torch.Tensor:
     out = merge(parts)
     if slots is not None:
         out = slots.put(global_query_rows(call, real, slots), out)
-    if call.attention_mask is not None:
+    if padded:
         out = torch.where(real[:, None, :, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
     return out.to(call.dtype)
 

@@ -139,18 +139,21 @@ def _reduce_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return grad.sum(dim=dims, keepdim=True) if dims else grad
 
 
-def pieces(blocks: int, edges: tuple[int, int] | None, chunk: int, whole_interior: bool) -> list[tuple[slice, bool]]:
+def pieces(blocks: int, masked: tuple[bool, ...] | None, chunk: int, whole_unmasked: bool) -> list[tuple[slice, bool]]:
     """The block ranges one pass works on, each with whether it needs the key-validity mask.
 
-    ``edges`` ``(head, tail)``: only the first ``head`` and last ``tail`` blocks have keys to mask (``None``: all
-    blocks). Masked ranges are chunked (their mask is materialised); the interior is one piece if ``whole_interior``.
+    ``masked``: per block, whether any of its keys is invalid (``None``: assume every block is). Runs of masked
+    blocks are chunked (their mask is materialised); a run of unmasked blocks is one piece if ``whole_unmasked``.
     """
-    head, tail = (blocks, 0) if edges is None else (min(edges[0], blocks), edges[1])
-    interior_end = max(head, blocks - tail)
-    result = []
-    for start, end, masked in ((0, head, True), (head, interior_end, False), (interior_end, blocks, True)):
-        step = end - start if (whole_interior and not masked) else chunk
-        result.extend((slice(first, min(first + step, end)), masked) for first in range(start, end, max(step, 1)))
+    flags = (True,) * blocks if masked is None else masked
+    result: list[tuple[slice, bool]] = []
+    start = 0
+    for end in range(1, blocks + 1):
+        if end < blocks and flags[end] == flags[start]:
+            continue
+        step = end - start if (whole_unmasked and not flags[start]) else chunk
+        result.extend((slice(first, min(first + step, end)), flags[start]) for first in range(start, end, step))
+        start = end
     return result
 
 
@@ -160,11 +163,11 @@ class BlockedAttention(torch.autograd.Function):
     ``q``: ``(batch, heads, blocks, queries, dim)``; ``k``/``v``: padded ``(batch, heads, keys, dim)`` laid out by
     :func:`key_blocks` with ``size`` and ``step``; ``bias``: fp32, 5-D, broadcastable to the scores
     ``(batch, heads, blocks, queries, size)``; ``valid``: bool, 5-D, broadcastable likewise, read only for the
-    blocks that ``edges`` (see :func:`pieces`) names.
+    blocks that ``masked`` (see :func:`pieces`) flags.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, valid, size, step, scale, edges):
+    def forward(ctx, q, k, v, bias, valid, size, step, scale, masked):
         batch, heads, blocks, queries, _ = q.shape
         kb = key_blocks(k, blocks, size, step)
         vb = key_blocks(v, blocks, size, step)
@@ -173,21 +176,21 @@ class BlockedAttention(torch.autograd.Function):
         # the fused kernel never materialises scores: only the mask bounds a forward chunk
         forward_chunk = _mask_chunk(bias, valid, blocks) if flash else chunk
         outs, lses = [], []
-        for part, masked in pieces(blocks, edges, forward_chunk, whole_interior=flash):
-            mask = additive_mask(None if bias is None else bias.detach(), valid if masked else None, part)
+        for part, needs_mask in pieces(blocks, masked, forward_chunk, whole_unmasked=flash):
+            mask = additive_mask(None if bias is None else bias.detach(), valid if needs_mask else None, part)
             out, lse = _forward_chunk(q[:, :, part], kb[:, :, part], vb[:, :, part], mask, scale, step == 0)
             outs.append(out)
             lses.append(lse)
         out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
         lse = torch.cat(lses, dim=2) if len(lses) > 1 else lses[0]
         ctx.save_for_backward(q, k, v, bias, valid, out, lse)
-        ctx.layout = (size, step, scale, chunk, edges)
+        ctx.layout = (size, step, scale, chunk, masked)
         return out, lse
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
         q, k, v, bias, valid, out, lse = ctx.saved_tensors
-        size, step, scale, chunk, edges = ctx.layout
+        size, step, scale, chunk, masked = ctx.layout
         blocks = q.shape[2]
         compute = torch.promote_types(q.dtype, torch.float32)
         kb = key_blocks(k, blocks, size, step)
@@ -204,7 +207,7 @@ class BlockedAttention(torch.autograd.Function):
         if grad_lse is not None:
             delta = delta - grad_lse.unsqueeze(-1).to(compute)
         lse = lse.unsqueeze(-1).to(compute)
-        for part, masked in pieces(blocks, edges, chunk, whole_interior=False):
+        for part, needs_mask in pieces(blocks, masked, chunk, whole_unmasked=False):
             first = part.start
             if shared:
                 kc, vc = k[:, :, :size].to(compute), v[:, :, :size].to(compute)
@@ -213,7 +216,7 @@ class BlockedAttention(torch.autograd.Function):
             qc = q[:, :, part].to(compute)
             qs = qc * scale
             scores = _shifted_products(qs, kc.transpose(-1, -2), lse[:, :, part], shared)
-            mask = additive_mask(None if bias is None else bias.detach(), valid if masked else None, part)
+            mask = additive_mask(None if bias is None else bias.detach(), valid if needs_mask else None, part)
             if mask is not None:
                 scores += mask
             probs = scores.exp_()
@@ -248,10 +251,10 @@ def blocked_attention(
     scale: float,
     bias: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
-    edges: tuple[int, int] | None = None,
+    masked: tuple[bool, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run :class:`BlockedAttention`: output ``(batch, heads, blocks, queries, dim)`` and fp32 log-sum-exp.
 
     A row with no allowed key gives output 0 and log-sum-exp 0; callers that merge parts must mask it.
     """
-    return BlockedAttention.apply(q, k, v, bias, valid, size, step, scale, edges)
+    return BlockedAttention.apply(q, k, v, bias, valid, size, step, scale, masked)

@@ -63,6 +63,12 @@ def pad_length(x: torch.Tensor, before: int, after: int, value: float | bool = 0
     return torch.cat([p for p in (pieces[0], x, pieces[1]) if p is not None], dim=dim)
 
 
+def host_readable(x: torch.Tensor) -> bool:
+    """Whether the engine may branch on ``x``'s values: yes on the CPU, where reading them costs no device sync;
+    no on an accelerator (a sync would stall the stream) and while compiling or tracing (data-dependent control)."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+
+
 def table_dtype(weight: torch.Tensor) -> torch.Tensor:
     """A bias table in the dtype scores are computed in: fp32, or fp64 for fp64 tables."""
     return weight.to(torch.promote_types(weight.dtype, torch.float32))

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from attnreg.execution.blocked import layout
 from attnreg.execution.blocked.kernel import blocked_attention
 from attnreg.execution.blocked.layout import Blocks, cached, pad_length, table_dtype
 from attnreg.execution.blocked.merge import Part
@@ -50,11 +51,19 @@ def block_bias(call: AttentionCall, blocks: Blocks, left: int, size: int) -> tor
     return bias[None, :, None]
 
 
-def edge_blocks(blocks: Blocks, left: int, right: int) -> tuple[int, int]:
-    """How many blocks at the start and at the end have keys outside the sequence (the rest need no key mask)."""
+def edge_blocks(blocks: Blocks, left: int, right: int) -> tuple[bool, ...]:
+    """Per block, whether it has keys outside the sequence: the first and last few (the rest need no key mask)."""
     head = math.ceil(left / blocks.size)
     inside = (blocks.length - blocks.size - right) // blocks.size + 1 if blocks.length >= blocks.size + right else 0
-    return head, blocks.count - inside
+    return tuple(index < head or index >= inside for index in range(blocks.count))
+
+
+def masked_blocks(valid: torch.Tensor) -> tuple[bool, ...] | None:
+    """Per block, whether any key of its window is invalid, from ``valid`` ``(batch, blocks, size)``; ``None``
+    (every block masked) where the values cannot be read without a device sync (see :func:`layout.host_readable`)."""
+    if not layout.host_readable(valid):
+        return None
+    return tuple((~valid).any(dim=-1).any(dim=0).tolist())
 
 
 def window_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor | None) -> Part:
@@ -65,11 +74,12 @@ def window_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor | Non
     after = padded_keys - left - call.length
     k = pad_length(call.k, left, after)
     v = pad_length(call.v, left, after)
-    edges = None
+    known = None
     if keys_ok is None:
-        edges = edge_blocks(blocks, left, right)
+        known = edge_blocks(blocks, left, right)
         keys_ok = torch.ones(call.batch, call.length, dtype=torch.bool, device=call.device)
     valid = pad_length(keys_ok, left, after, value=False).unfold(1, size, blocks.size)[:, : blocks.count]
+    masked = known if known is not None else masked_blocks(valid)
     out, lse = blocked_attention(
         blocks.split(call.q),
         k,
@@ -79,6 +89,6 @@ def window_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor | Non
         scale=call.scale,
         bias=block_bias(call, blocks, left, size),
         valid=valid[:, None, :, None],
-        edges=edges,
+        masked=masked,
     )
     return Part(blocks.join(out), blocks.join(lse))
