@@ -7,6 +7,9 @@ the backward recomputes the scores chunk by chunk and returns the bias gradient 
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 #: Score elements (batch × heads × blocks × queries × keys) one chunk works on; bounds the working memory.
@@ -26,23 +29,20 @@ def key_blocks(keys: torch.Tensor, num_blocks: int, size: int, step: int) -> tor
 
 
 def additive_mask(bias: torch.Tensor | None, valid: torch.Tensor | None, blocks: slice) -> torch.Tensor | None:
-    """The fp32 additive mask of the blocks in ``blocks``: ``bias`` plus ``-inf`` where ``valid`` is False."""
+    """The additive mask of the blocks in ``blocks`` (dimension -3): ``bias`` plus ``-inf`` where ``valid`` is False.
+
+    ``bias``/``valid`` are broadcastable to ``(..., blocks, queries, keys)``; a size-1 block dimension is shared.
+    """
     parts = []
     if bias is not None:
-        parts.append(bias[:, :, blocks] if bias.shape[2] > 1 else bias)
+        parts.append(bias[..., blocks, :, :] if bias.shape[-3] > 1 else bias)
     if valid is not None:
-        chunk = valid[:, :, blocks] if valid.shape[2] > 1 else valid
+        chunk = valid[..., blocks, :, :] if valid.shape[-3] > 1 else valid
         zero = torch.zeros((), device=chunk.device, dtype=torch.float32 if bias is None else bias.dtype)
         parts.append(zero.masked_fill(~chunk, float("-inf")).expand(chunk.shape))
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else parts[0] + parts[1]
-
-
-def chunk_size(shape: tuple[int, ...]) -> int:
-    """How many query blocks one chunk holds, from ``(batch, heads, blocks, queries, keys)``."""
-    batch, heads, _, queries, keys = shape
-    return max(1, CHUNK_ELEMENTS // max(1, batch * heads * queries * keys))
 
 
 def _products(a: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
@@ -51,27 +51,6 @@ def _products(a: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
     if not shared:
         return a @ b
     return (a.flatten(2, 3) @ b).view(*a.shape[:-1], b.shape[-1])
-
-
-def _shifted_products(a: torch.Tensor, b: torch.Tensor, shift: torch.Tensor, shared: bool) -> torch.Tensor:
-    """``a @ b - shift`` as :func:`_products` does ``a @ b``, the subtraction fused into the matmul.
-
-    ``shift``: ``(batch, heads, c, rows, 1)``; one pass over the ``rows × y`` result instead of two.
-    """
-    batch, heads = a.shape[:2]
-    rows = a.shape[2] * a.shape[3] if shared else a.shape[3]
-    lead = batch * heads if shared else batch * heads * a.shape[2]
-    a3 = a.reshape(lead, rows, a.shape[-1])
-    b3 = b.reshape(lead, *b.shape[-2:])
-    out = torch.baddbmm(shift.reshape(lead, rows, 1), a3, b3, beta=-1)
-    return out.view(*a.shape[:-1], b.shape[-1])
-
-
-def _key_grad(a: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
-    """``aᵀ @ b`` per block (``(batch, heads, c, keys, dim)``), or summed over the chunk's blocks when shared."""
-    if not shared:
-        return a.transpose(-1, -2) @ b
-    return a.flatten(2, 3).transpose(-1, -2) @ b.flatten(2, 3)
 
 
 def _mask_chunk(bias: torch.Tensor | None, valid: torch.Tensor | None, blocks: int) -> int:
@@ -123,20 +102,88 @@ def _forward_chunk(
     return out.to(q.dtype), lse
 
 
-def _fold(target: torch.Tensor, grad: torch.Tensor, first: int, step: int) -> None:
-    """Add per-block key gradients ``(batch, heads, c, size, dim)`` of blocks ``first...`` into ``target`` in place."""
-    batch, heads, count, size, dim = grad.shape
-    for piece in range(0, size, step):
-        width = min(step, size - piece)
-        start = first * step + piece
-        region = target[:, :, start : start + count * step].view(batch, heads, count, step, dim)
-        region[:, :, :, :width] += grad[:, :, :, piece : piece + width]
+def _pick(x: torch.Tensor | None, example: int, head: int) -> torch.Tensor | None:
+    """One example's and head's ``(blocks|1, queries|1, keys)`` view of a 5-D tensor broadcast over both."""
+    if x is None:
+        return None
+    return x[example if x.shape[0] > 1 else 0, head if x.shape[1] > 1 else 0]
 
 
-def _reduce_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Sum a broadcast gradient back to ``shape`` (same number of dimensions)."""
-    dims = [d for d, (g, s) in enumerate(zip(grad.shape, shape, strict=True)) if s == 1 and g != 1]
-    return grad.sum(dim=dims, keepdim=True) if dims else grad
+@dataclass(frozen=True)
+class _HeadOperands:
+    """What one example's and head's backward reads: ``q`` already scaled, ``(blocks, queries, dim)`` like
+    ``grad_out``; ``lse`` and ``delta`` ``(blocks, queries, 1)``; the padded ``k``/``v`` ``(keys, dim)``."""
+
+    q: torch.Tensor
+    grad_out: torch.Tensor
+    lse: torch.Tensor
+    delta: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    size: int
+    step: int
+
+
+@dataclass(frozen=True)
+class _HeadGrads:
+    """Where one example's and head's gradients go: views of the full ``dq``/``dk``/``dv``, and the bias gradient."""
+
+    dq: torch.Tensor
+    dk: torch.Tensor
+    dv: torch.Tensor
+    dbias: torch.Tensor | None
+    example: int
+    head: int
+
+    def add_bias(self, ds: torch.Tensor, part: slice) -> None:
+        """Add the score gradient ``ds`` ``(c, queries, keys)`` of blocks ``part``, reduced to the bias's shape."""
+        target = _pick(self.dbias, self.example, self.head)
+        if target is None:
+            return
+        reduced = (ds if target.shape[1] > 1 else ds.sum(1, keepdim=True)).to(target.dtype)
+        if target.shape[0] > 1:
+            target[part] += reduced
+        else:
+            target += reduced.sum(0, keepdim=True)
+
+
+def _backward_chunk(ops: _HeadOperands, grads: _HeadGrads, part: slice, mask: torch.Tensor | None) -> None:
+    """The gradients of blocks ``part`` for one example and head, the scores recomputed from the log-sum-exp.
+
+    Key and value gradients of overlapping key blocks are summed by the matmuls themselves (``baddbmm_`` into each
+    block's rows), never materialised per block.
+    """
+    q, grad_out, lse, delta = ops.q[part], ops.grad_out[part], ops.lse[part], ops.delta[part]
+    count, queries, dim = q.shape
+    if ops.step == 0:
+        k, v = ops.k[: ops.size], ops.v[: ops.size]
+        flat_q, flat_grad = q.reshape(-1, dim), grad_out.reshape(-1, grad_out.shape[-1])
+        scores = torch.addmm(lse.reshape(-1, 1), flat_q, k.T, beta=-1).view(count, queries, ops.size)
+    else:
+        k = ops.k.unfold(0, ops.size, ops.step).transpose(-1, -2)[part]
+        v = ops.v.unfold(0, ops.size, ops.step).transpose(-1, -2)[part]
+        scores = torch.baddbmm(lse, q, k.transpose(-1, -2), beta=-1)
+    if mask is not None:
+        scores += mask
+    probs = scores.exp_()
+    if ops.step == 0:
+        ds = torch.addmm(delta.reshape(-1, 1), flat_grad, v.T, beta=-1).view_as(probs).mul_(probs)
+    else:
+        ds = torch.baddbmm(delta, grad_out, v.transpose(-1, -2), beta=-1).mul_(probs)
+    grads.add_bias(ds, part)
+    if ops.step == 0:
+        flat_ds, flat_probs = ds.view(-1, ops.size), probs.view(-1, ops.size)
+        torch.mm(flat_ds, k, out=grads.dq[part].view(-1, dim))
+        grads.dk[: ops.size].addmm_(flat_ds.T, flat_q)
+        grads.dv[: ops.size].addmm_(flat_probs.T, flat_grad)
+        return
+    torch.bmm(ds, k, out=grads.dq[part])
+    for offset in range(0, ops.size, ops.step):
+        width = min(ops.step, ops.size - offset)
+        rows = slice(part.start * ops.step + offset, part.start * ops.step + offset + count * ops.step)
+        keys = slice(offset, offset + width)
+        grads.dk[rows].view(count, ops.step, dim)[:, :width].baddbmm_(ds[:, :, keys].transpose(-1, -2), q)
+        grads.dv[rows].view(count, ops.step, -1)[:, :width].baddbmm_(probs[:, :, keys].transpose(-1, -2), grad_out)
 
 
 def pieces(blocks: int, masked: tuple[bool, ...] | None, chunk: int, whole_unmasked: bool) -> list[tuple[slice, bool]]:
@@ -171,7 +218,7 @@ class BlockedAttention(torch.autograd.Function):
         batch, heads, blocks, queries, _ = q.shape
         kb = key_blocks(k, blocks, size, step)
         vb = key_blocks(v, blocks, size, step)
-        chunk = chunk_size((batch, heads, blocks, queries, size))
+        chunk = max(1, CHUNK_ELEMENTS // max(1, batch * heads * queries * size))
         flash = _flash_ok(q)
         # the fused kernel never materialises scores: only the mask bounds a forward chunk
         forward_chunk = _mask_chunk(bias, valid, blocks) if flash else chunk
@@ -184,60 +231,55 @@ class BlockedAttention(torch.autograd.Function):
         out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
         lse = torch.cat(lses, dim=2) if len(lses) > 1 else lses[0]
         ctx.save_for_backward(q, k, v, bias, valid, out, lse)
-        ctx.layout = (size, step, scale, chunk, masked)
+        ctx.layout = (size, step, scale, masked)
         return out, lse
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
         q, k, v, bias, valid, out, lse = ctx.saved_tensors
-        size, step, scale, chunk, masked = ctx.layout
-        blocks = q.shape[2]
+        size, step, scale, masked = ctx.layout
+        batch, heads, blocks, queries, dim = q.shape
         compute = torch.promote_types(q.dtype, torch.float32)
-        kb = key_blocks(k, blocks, size, step)
-        vb = key_blocks(v, blocks, size, step)
-        dq = torch.empty(q.shape, dtype=compute, device=q.device)
-        dk = torch.zeros(k.shape, dtype=compute, device=k.device)
-        dv = torch.zeros(v.shape, dtype=compute, device=v.device)
-        need_bias = bias is not None and ctx.needs_input_grad[3]
-        dbias = torch.zeros(bias.shape, dtype=bias.dtype, device=q.device) if need_bias else None
         if grad_out is None:
             grad_out = torch.zeros_like(out)
-        shared = step == 0
-        delta = (grad_out.to(compute) * out.to(compute)).sum(-1, keepdim=True)
+        # every operand once, contiguous, in the compute dtype; q carries the scale so that dk = dsᵀ (q · scale)
+        qs = (q.to(compute) * scale).contiguous()
+        go = grad_out.to(compute).contiguous()
+        delta = (go * out.to(compute)).sum(-1, keepdim=True)
         if grad_lse is not None:
             delta = delta - grad_lse.unsqueeze(-1).to(compute)
         lse = lse.unsqueeze(-1).to(compute)
-        for part, needs_mask in pieces(blocks, masked, chunk, whole_unmasked=False):
-            first = part.start
-            if shared:
-                kc, vc = k[:, :, :size].to(compute), v[:, :, :size].to(compute)
-            else:
-                kc, vc = kb[:, :, part].to(compute).contiguous(), vb[:, :, part].to(compute)
-            qc = q[:, :, part].to(compute)
-            qs = qc * scale
-            scores = _shifted_products(qs, kc.transpose(-1, -2), lse[:, :, part], shared)
-            mask = additive_mask(None if bias is None else bias.detach(), valid if needs_mask else None, part)
-            if mask is not None:
-                scores += mask
-            probs = scores.exp_()
-            grad_c = grad_out[:, :, part].to(compute)
-            grad_scores = _shifted_products(grad_c, vc.transpose(-1, -2), delta[:, :, part], shared).mul_(probs)
-            dq[:, :, part] = _products(grad_scores, kc, shared).mul_(scale)
-            key_grad = _key_grad(grad_scores, qc, shared).mul_(scale)
-            value_grad = _key_grad(probs, grad_c, shared)
-            if shared:
-                dk[:, :, :size] += key_grad
-                dv[:, :, :size] += value_grad
-            else:
-                _fold(dk, key_grad, first, step)
-                _fold(dv, value_grad, first, step)
-            if need_bias:
-                shape = (*bias.shape[:2], grad_scores.shape[2], *bias.shape[3:])
-                reduced = _reduce_to(grad_scores.to(bias.dtype), shape)
-                if bias.shape[2] > 1:
-                    dbias[:, :, part] += reduced
-                else:
-                    dbias += reduced.sum(2, keepdim=True)
+        kc, vc = k.to(compute).contiguous(), v.to(compute).contiguous()
+        # the fused folds below may run past the keys by one block's width; the excess is sliced off at the end
+        rows = max(k.shape[2], 0 if step == 0 else (blocks - 1) * step + math.ceil(size / step) * step)
+        dq = torch.empty(q.shape, dtype=compute, device=q.device)
+        dk = torch.zeros((batch, heads, rows, dim), dtype=compute, device=q.device)
+        dv = torch.zeros((batch, heads, rows, v.shape[-1]), dtype=compute, device=q.device)
+        need_bias = bias is not None and ctx.needs_input_grad[3]
+        dbias = torch.zeros(bias.shape, dtype=bias.dtype, device=q.device) if need_bias else None
+        detached = None if bias is None else bias.detach()
+        chunk = max(1, CHUNK_ELEMENTS // max(1, queries * size))
+        for example in range(batch):
+            for head in range(heads):
+                grads = _HeadGrads(dq[example, head], dk[example, head], dv[example, head], dbias, example, head)
+                operands = _HeadOperands(
+                    qs[example, head],
+                    go[example, head],
+                    lse[example, head],
+                    delta[example, head],
+                    kc[example, head],
+                    vc[example, head],
+                    size,
+                    step,
+                )
+                for part, needs_mask in pieces(blocks, masked, chunk, whole_unmasked=False):
+                    mask = additive_mask(
+                        _pick(detached, example, head), _pick(valid, example, head) if needs_mask else None, part
+                    )
+                    _backward_chunk(operands, grads, part, mask)
+        if scale != 1:
+            dq.mul_(scale)
+        dk, dv = dk[:, :, : k.shape[2]], dv[:, :, : v.shape[2]]
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias, None, None, None, None, None
 
 
