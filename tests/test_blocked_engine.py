@@ -235,7 +235,7 @@ def test_a_bound_without_selected_globals_is_an_error() -> None:
 @pytest.mark.parametrize("name", sorted(PATTERNS))
 def test_matches_reference_when_masks_cannot_be_read(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """As on an accelerator or under torch.compile: nothing is read back, every block gets the key mask."""
-    monkeypatch.setattr("attnreg.execution.blocked.layout.host_readable", lambda x: False)
+    monkeypatch.setattr("attnreg.execution.host.host_readable", lambda x: False)
     compare(make_inputs(PATTERNS[name], 29), atol=2e-5, rtol=2e-5)
 
 
@@ -254,8 +254,8 @@ def _window_masked_flags(call, monkeypatch: pytest.MonkeyPatch) -> tuple[bool, .
 
 
 def test_only_blocks_that_reach_a_padded_key_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Window 7 each side, blocks of 8: block i reaches keys 8i - 7 ... 8i + 14. Padding from key 50 on flags the
-    blocks reaching it (5, 6, 7); the first block reaches before the sequence, the last one past it."""
+    """Window 7 each side, blocks of 8, so 24 keys per block (whole blocks): block i reaches keys 8i - 7 ... 8i + 16.
+    Padding from key 50 on flags the blocks reaching it (5, 6, 7); the first block reaches before the sequence."""
     call = make_inputs(PATTERNS["local-bias"], 64, batch=2)
     mask = torch.ones(2, 64, dtype=torch.bool)
     mask[1, 50:] = False
@@ -267,7 +267,7 @@ def test_an_all_true_attention_mask_costs_what_no_mask_costs(monkeypatch: pytest
     call = make_inputs(PATTERNS["local-bias"], 64, batch=2)
     without = _window_masked_flags(replace(call, attention_mask=None), monkeypatch)
     all_true = _window_masked_flags(replace(call, attention_mask=torch.ones(2, 64, dtype=torch.bool)), monkeypatch)
-    assert without == all_true == (True, False, False, False, False, False, False, True)
+    assert without == all_true == (True, False, False, False, False, False, True, True)
 
 
 def test_blocks_are_cut_into_runs_of_masked_and_unmasked() -> None:

@@ -7,12 +7,12 @@ and adds the pattern's own parameters (bias tables, global projections, the aggr
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnreg._validation import PatternError, require, require_int
 from attnreg.functional import attention, attention_weights
 from attnreg.nn.masks import check_attn_mask, real_tokens
+from attnreg.nn.projections import project_heads
 from attnreg.pattern.spec import Pattern
 
 
@@ -111,7 +111,7 @@ class PatternAttention(nn.Module):
                 "dropout; build (or swap) with dropout=0.0, or call .eval()"
             )
         inputs = self._pattern_inputs(x, real_tokens(key_padding_mask, batch, length), global_mask)
-        q, k, v = self._heads(F.linear(x, self.in_proj_weight, self.in_proj_bias))
+        q, k, v = self._heads(x, self.in_proj_weight, self.in_proj_bias)
         weights = None
         if need_weights:
             require(
@@ -143,11 +143,9 @@ class PatternAttention(nn.Module):
                 "(call it as attn(x, x, x)); cross-attention cannot take a pattern's query-key structure"
             )
 
-    def _heads(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(batch, length, 3 * embed_dim)`` projections split into ``(batch, heads, length, head_dim)`` q, k, v."""
-        batch, length, _ = packed.shape
-        split = packed.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return split[0], split[1], split[2]
+    def _heads(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """``x`` projected by ``weight`` (one matmul) into ``(batch, heads, length, head_dim)`` parts."""
+        return project_heads(x, weight, bias, heads=self.num_heads, head_dim=self.head_dim)
 
     def _pattern_inputs(
         self, x: torch.Tensor, attention_mask: torch.Tensor | None, global_mask: torch.Tensor | None
@@ -159,7 +157,7 @@ class PatternAttention(nn.Module):
         if self.aggregated_attention_bias is not None:
             inputs["aggregated_bias_weight"] = self.aggregated_attention_bias
         if self.global_in_proj_weight is not None and global_mask is not None:
-            inputs["global_qkv"] = self._heads(F.linear(x, self.global_in_proj_weight, self.global_in_proj_bias))
+            inputs["global_qkv"] = self._heads(x, self.global_in_proj_weight, self.global_in_proj_bias)
         if self.aggregated_norm is not None:
             inputs["aggregated_kv"] = self._aggregated_kv(x, attention_mask)
         return inputs
@@ -173,5 +171,5 @@ class PatternAttention(nn.Module):
         tokens = self.aggregated_norm(self.pattern.aggregated_globals.aggregate(x, real))
         weight = self.in_proj_weight[dim:]
         bias = None if self.in_proj_bias is None else self.in_proj_bias[dim:]
-        kv = F.linear(tokens, weight, bias).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return kv[0], kv[1]
+        k, v = self._heads(tokens, weight, bias)
+        return k, v

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from attnreg.execution.blocked import layout
+from attnreg.execution import host
 from attnreg.execution.blocked.aggregated import aggregated_part
 from attnreg.execution.blocked.layout import Blocks
 from attnreg.execution.blocked.merge import merge
@@ -22,7 +22,7 @@ _CALL_OVERHEAD = 1e-3
 def blocked_attention_call(call: AttentionCall) -> torch.Tensor:
     """The output of ``call``, ``(batch, heads, length, head_dim)``; differentiable in every tensor input."""
     real = call.attention_mask
-    padded = real is not None and not (layout.host_readable(real) and bool(real.all()))
+    padded = real is not None and not (host.host_readable(real) and bool(real.all()))
     if not padded:
         real = torch.ones(call.batch, call.length, dtype=torch.bool, device=call.device)
     blocks = Blocks.for_length(call.length)

@@ -111,8 +111,8 @@ def _pick(x: torch.Tensor | None, example: int, head: int) -> torch.Tensor | Non
 
 @dataclass(frozen=True)
 class _HeadOperands:
-    """What one example's and head's backward reads: ``q`` already scaled, ``(blocks, queries, dim)`` like
-    ``grad_out``; ``lse`` and ``delta`` ``(blocks, queries, 1)``; the padded ``k``/``v`` ``(keys, dim)``."""
+    """What one example's and head's backward reads: ``q`` ``(blocks, queries, dim)`` like ``grad_out``; ``lse``
+    and ``delta`` ``(blocks, queries, 1)``; the padded ``k``/``v`` ``(keys, dim)``; the layout and the score scale."""
 
     q: torch.Tensor
     grad_out: torch.Tensor
@@ -122,6 +122,7 @@ class _HeadOperands:
     v: torch.Tensor
     size: int
     step: int
+    scale: float
 
 
 @dataclass(frozen=True)
@@ -158,11 +159,11 @@ def _backward_chunk(ops: _HeadOperands, grads: _HeadGrads, part: slice, mask: to
     if ops.step == 0:
         k, v = ops.k[: ops.size], ops.v[: ops.size]
         flat_q, flat_grad = q.reshape(-1, dim), grad_out.reshape(-1, grad_out.shape[-1])
-        scores = torch.addmm(lse.reshape(-1, 1), flat_q, k.T, beta=-1).view(count, queries, ops.size)
+        scores = torch.addmm(lse.reshape(-1, 1), flat_q, k.T, beta=-1, alpha=ops.scale).view(count, queries, ops.size)
     else:
         k = ops.k.unfold(0, ops.size, ops.step).transpose(-1, -2)[part]
         v = ops.v.unfold(0, ops.size, ops.step).transpose(-1, -2)[part]
-        scores = torch.baddbmm(lse, q, k.transpose(-1, -2), beta=-1)
+        scores = torch.baddbmm(lse, q, k.transpose(-1, -2), beta=-1, alpha=ops.scale)
     if mask is not None:
         scores += mask
     probs = scores.exp_()
@@ -173,16 +174,18 @@ def _backward_chunk(ops: _HeadOperands, grads: _HeadGrads, part: slice, mask: to
     grads.add_bias(ds, part)
     if ops.step == 0:
         flat_ds, flat_probs = ds.view(-1, ops.size), probs.view(-1, ops.size)
-        torch.mm(flat_ds, k, out=grads.dq[part].view(-1, dim))
-        grads.dk[: ops.size].addmm_(flat_ds.T, flat_q)
+        grads.dq[part].view(-1, dim).addmm_(flat_ds, k, beta=0, alpha=ops.scale)
+        grads.dk[: ops.size].addmm_(flat_ds.T, flat_q, alpha=ops.scale)
         grads.dv[: ops.size].addmm_(flat_probs.T, flat_grad)
         return
-    torch.bmm(ds, k, out=grads.dq[part])
+    grads.dq[part].baddbmm_(ds, k, beta=0, alpha=ops.scale)
     for offset in range(0, ops.size, ops.step):
         width = min(ops.step, ops.size - offset)
         rows = slice(part.start * ops.step + offset, part.start * ops.step + offset + count * ops.step)
         keys = slice(offset, offset + width)
-        grads.dk[rows].view(count, ops.step, dim)[:, :width].baddbmm_(ds[:, :, keys].transpose(-1, -2), q)
+        grads.dk[rows].view(count, ops.step, dim)[:, :width].baddbmm_(
+            ds[:, :, keys].transpose(-1, -2), q, alpha=ops.scale
+        )
         grads.dv[rows].view(count, ops.step, -1)[:, :width].baddbmm_(probs[:, :, keys].transpose(-1, -2), grad_out)
 
 
@@ -238,22 +241,22 @@ class BlockedAttention(torch.autograd.Function):
     def backward(ctx, grad_out, grad_lse):
         q, k, v, bias, valid, out, lse = ctx.saved_tensors
         size, step, scale, masked = ctx.layout
-        batch, heads, blocks, queries, dim = q.shape
+        batch, heads, blocks, queries, _ = q.shape
         compute = torch.promote_types(q.dtype, torch.float32)
         if grad_out is None:
             grad_out = torch.zeros_like(out)
-        # every operand once, contiguous, in the compute dtype; q carries the scale so that dk = dsᵀ (q · scale)
-        qs = (q.to(compute) * scale).contiguous()
-        go = grad_out.to(compute).contiguous()
+        # operands in whatever layout they come (per head, every matrix has unit column stride, as BLAS wants);
+        # gradients contiguous, so that each block's rows are one batched matmul's output (a strided one is not)
+        qc, go = q.to(compute), grad_out.to(compute)
         delta = (go * out.to(compute)).sum(-1, keepdim=True)
         if grad_lse is not None:
             delta = delta - grad_lse.unsqueeze(-1).to(compute)
         lse = lse.unsqueeze(-1).to(compute)
-        kc, vc = k.to(compute).contiguous(), v.to(compute).contiguous()
+        kc, vc = k.to(compute), v.to(compute)
         # the fused folds below may run past the keys by one block's width; the excess is sliced off at the end
         rows = max(k.shape[2], 0 if step == 0 else (blocks - 1) * step + math.ceil(size / step) * step)
         dq = torch.empty(q.shape, dtype=compute, device=q.device)
-        dk = torch.zeros((batch, heads, rows, dim), dtype=compute, device=q.device)
+        dk = torch.zeros((batch, heads, rows, k.shape[-1]), dtype=compute, device=q.device)
         dv = torch.zeros((batch, heads, rows, v.shape[-1]), dtype=compute, device=q.device)
         need_bias = bias is not None and ctx.needs_input_grad[3]
         dbias = torch.zeros(bias.shape, dtype=bias.dtype, device=q.device) if need_bias else None
@@ -263,7 +266,7 @@ class BlockedAttention(torch.autograd.Function):
             for head in range(heads):
                 grads = _HeadGrads(dq[example, head], dk[example, head], dv[example, head], dbias, example, head)
                 operands = _HeadOperands(
-                    qs[example, head],
+                    qc[example, head],
                     go[example, head],
                     lse[example, head],
                     delta[example, head],
@@ -271,14 +274,13 @@ class BlockedAttention(torch.autograd.Function):
                     vc[example, head],
                     size,
                     step,
+                    scale,
                 )
                 for part, needs_mask in pieces(blocks, masked, chunk, whole_unmasked=False):
                     mask = additive_mask(
                         _pick(detached, example, head), _pick(valid, example, head) if needs_mask else None, part
                     )
                     _backward_chunk(operands, grads, part, mask)
-        if scale != 1:
-            dq.mul_(scale)
         dk, dv = dk[:, :, : k.shape[2]], dv[:, :, : v.shape[2]]
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias, None, None, None, None, None
 

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-#: Queries per block on the window part; a measured compromise between the fused kernel's efficiency
-#: (larger blocks) and the keys a block computes beyond its queries' windows (smaller blocks).
-DEFAULT_BLOCK = 128
+#: Queries per block on the window part; a measured compromise between the kernels' efficiency (larger blocks) and
+#: the keys a block computes beyond its queries' windows (smaller blocks). On 2 CPU cores at 16k tokens, 64 against
+#: 128: LongT5 local (radius 127) forward + backward 380 ms against 435 ms, Longformer (window 512) the same.
+DEFAULT_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -50,23 +51,24 @@ class Blocks:
 def pad_length(x: torch.Tensor, before: int, after: int, value: float | bool = 0) -> torch.Tensor:
     """Pad dimension 2 of ``(batch, heads, length, dim)`` (or dimension 1 of ``(batch, length)``) with ``value``.
 
-    One concatenation: each element is written once (a padded copy would fill the whole tensor first).
+    One concatenation: each element is written once (a padded copy would fill the whole tensor first). Heads-inner
+    storage ``(batch, length, heads, dim)``, as a projection makes it, stays so: a plain copy, not a transposing one.
     """
     if before == 0 and after == 0:
         return x
-    dim = 1 if x.dim() == 2 else 2
+    if x.dim() == 4 and x.stride(1) < x.stride(2):
+        return _concatenate(x.transpose(1, 2), 1, before, after, value).transpose(1, 2)
+    return _concatenate(x, 1 if x.dim() == 2 else 2, before, after, value)
+
+
+def _concatenate(x: torch.Tensor, dim: int, before: int, after: int, value: float | bool) -> torch.Tensor:
+    """``x`` with ``before`` and ``after`` entries of ``value`` around it along ``dim``."""
     pieces = []
     for count in (before, after):
         shape = list(x.shape)
         shape[dim] = count
         pieces.append(x.new_full(shape, value) if count else None)
     return torch.cat([p for p in (pieces[0], x, pieces[1]) if p is not None], dim=dim)
-
-
-def host_readable(x: torch.Tensor) -> bool:
-    """Whether the engine may branch on ``x``'s values: yes on the CPU, where reading them costs no device sync;
-    no on an accelerator (a sync would stall the stream) and while compiling or tracing (data-dependent control)."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
 
 
 def table_dtype(weight: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from attnreg.execution.blocked import layout
+from attnreg.execution import host
 from attnreg.execution.blocked.kernel import blocked_attention
 from attnreg.execution.blocked.layout import Blocks, cached, pad_length, table_dtype
 from attnreg.execution.blocked.merge import Part
@@ -60,8 +60,8 @@ def edge_blocks(blocks: Blocks, left: int, right: int) -> tuple[bool, ...]:
 
 def masked_blocks(valid: torch.Tensor) -> tuple[bool, ...] | None:
     """Per block, whether any key of its window is invalid, from ``valid`` ``(batch, blocks, size)``; ``None``
-    (every block masked) where the values cannot be read without a device sync (see :func:`layout.host_readable`)."""
-    if not layout.host_readable(valid):
+    (every block masked) where the values cannot be read without a device sync (see :func:`host.host_readable`)."""
+    if not host.host_readable(valid):
         return None
     return tuple((~valid).any(dim=-1).any(dim=0).tolist())
 
@@ -69,7 +69,10 @@ def masked_blocks(valid: torch.Tensor) -> tuple[bool, ...] | None:
 def window_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor | None) -> Part:
     """Every query against the keys of its window that ``keys_ok`` ``(batch, length)`` allows (``None``: all)."""
     left, right = window_reach(call)
-    size = blocks.size + left + right
+    # whole blocks of keys: the gradient of each block's keys is then whole rows of one batched matmul; the few keys
+    # past the window are masked like any other outside it
+    size = math.ceil((blocks.size + left + right) / blocks.size) * blocks.size
+    right = size - blocks.size - left
     padded_keys = (blocks.count + math.ceil(size / blocks.size) - 1) * blocks.size
     after = padded_keys - left - call.length
     k = pad_length(call.k, left, after)

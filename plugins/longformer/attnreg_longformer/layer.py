@@ -13,6 +13,8 @@ from torch import nn
 
 import attnreg
 from attnreg._validation import require
+from attnreg.execution import host
+from attnreg.nn import project_heads, stacked
 from attnreg_longformer.masks import layer_masks
 from attnreg_longformer.pattern import layer_pattern
 from attnreg_longformer.probs import transformers_probs
@@ -83,7 +85,8 @@ class LongformerSelfAttention(nn.Module):
         q, k, v = self._project(hidden_states, (self.query, self.key, self.value))
         global_qkv = None
         if masks.global_mask is not None:
-            global_qkv = self._project(hidden_states, (self.query_global, self.key_global, self.value_global))
+            global_k, global_v = self._project(hidden_states, (self.key_global, self.value_global))
+            global_qkv = (self._global_queries(hidden_states, masks.global_mask), global_k, global_v)
         inputs = {"attention_mask": masks.real, "global_mask": masks.global_mask, "global_qkv": global_qkv}
         if masks.global_mask is not None:
             inputs["max_globals"] = self.attnreg_max_globals
@@ -104,14 +107,28 @@ class LongformerSelfAttention(nn.Module):
                 outputs += (global_,)
         return outputs
 
-    def _project(self, hidden_states: torch.Tensor, linears: tuple[nn.Linear, nn.Linear, nn.Linear]) -> Projections:
-        """Three projections as one matmul, split into ``(batch, heads, length, head_dim)`` views."""
-        weight = torch.cat([linear.weight for linear in linears])
-        bias = torch.cat([linear.bias for linear in linears])
+    def _project(self, hidden_states: torch.Tensor, linears: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, ...]:
+        """``linears`` on ``hidden_states`` as one matmul, each a ``(batch, heads, length, head_dim)`` view."""
+        return project_heads(hidden_states, *stacked(linears), heads=self.num_heads, head_dim=self.head_dim)
+
+    def _global_queries(self, hidden_states: torch.Tensor, global_mask: torch.Tensor) -> torch.Tensor:
+        """``query_global`` of the global rows ``(batch, heads, length, head_dim)``; other rows are never read.
+
+        Only the global rows are projected (as transformers does) when their number is bounded by
+        ``attnreg_max_globals`` or can be read without a device sync; otherwise every row, with no read.
+        """
         batch, length, _ = hidden_states.shape
-        fused = nn.functional.linear(hidden_states, weight, bias)
-        fused = fused.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return fused[0], fused[1], fused[2]
+        count = self.attnreg_max_globals
+        if count is None and host.host_readable(global_mask):
+            count = int(global_mask.sum(dim=-1).max())
+        if count is None:
+            (queries,) = self._project(hidden_states, (self.query_global,))
+            return queries
+        order = torch.argsort((~global_mask).to(torch.uint8), dim=-1, stable=True)[:, :count]
+        index = order[..., None].expand(batch, count, self.embed_dim)
+        rows = self.query_global(hidden_states.gather(1, index)) * global_mask.gather(1, order)[..., None]
+        queries = hidden_states.new_zeros(batch, length, self.embed_dim).scatter(1, index, rows)
+        return queries.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
     def _merge_heads(self, out: torch.Tensor) -> torch.Tensor:
         batch, _, length, _ = out.shape

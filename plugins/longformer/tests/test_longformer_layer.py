@@ -63,8 +63,21 @@ def test_any_length_equals_transformers_on_the_padded_input() -> None:
     torch.testing.assert_close(got[keep], expected[keep], atol=1e-5, rtol=1e-4)
 
 
-def test_gradients_equal_transformers() -> None:
+GLOBAL_QUERY_PATHS = {
+    "global rows only, count read back": (None, True),
+    "global rows only, count bounded": (3, False),
+    "every row, no read": (None, False),
+}
+
+
+@pytest.mark.parametrize("path", GLOBAL_QUERY_PATHS)
+def test_gradients_equal_transformers(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """However ``query_global`` is projected (only the global rows, or every row where nothing may be read)."""
+    bound, readable = GLOBAL_QUERY_PATHS[path]
+    if not readable:
+        monkeypatch.setattr("attnreg.execution.host.host_readable", lambda x: False)
     ours, theirs = layer_pair()
+    ours.attnreg_max_globals = bound
     inputs = layer_inputs([12, 9], [[0, 11], [3, 4]], 12)
     results = []
     for layer in (ours, theirs):
@@ -86,6 +99,8 @@ def test_no_global_tokens_means_no_global_projection() -> None:
 
 
 def test_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on an accelerator (the layer reads the global count back only from the CPU, where it costs no sync)."""
+    monkeypatch.setattr("attnreg.execution.host.host_readable", lambda x: False)
     ours, _ = layer_pair()
     ours.attnreg_backend = "reference"
     inputs = layer_inputs([12, 9], [[0, 11], [3, 4]], 12)
@@ -103,7 +118,7 @@ def test_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_no_host_sync_on_the_blocked_engine_with_a_bound_on_global_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     """As on an accelerator: the engine reads masks back only from the CPU, where that costs no device sync."""
-    monkeypatch.setattr("attnreg.execution.blocked.layout.host_readable", lambda x: False)
+    monkeypatch.setattr("attnreg.execution.host.host_readable", lambda x: False)
     ours, _ = layer_pair()
     inputs = layer_inputs([12, 9], [[0, 11], [3, 4]], 12)
     ours.attnreg_backend = "reference"

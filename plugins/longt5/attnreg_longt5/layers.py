@@ -17,6 +17,7 @@ from transformers.models.longt5 import modeling_longt5
 
 import attnreg
 from attnreg._validation import require
+from attnreg.nn import project_heads, stacked
 from attnreg_longt5.blocked import from_blocked, to_blocked
 from attnreg_longt5.patterns import longt5_local, longt5_tglobal
 
@@ -103,9 +104,9 @@ class _AttnregLongT5Attention:
         """Keys and values of the aggregated tokens; none for a pattern without them."""
         return None
 
-    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
-        batch = states.shape[0]
-        return states.view(batch, -1, self.n_heads, self.key_value_proj_dim).transpose(1, 2)
+    def _project(self, states: torch.Tensor, linears: tuple[torch.nn.Linear, ...]) -> tuple[torch.Tensor, ...]:
+        """``linears`` on ``states`` as one matmul, each a ``(batch, heads, length, d_kv)`` view."""
+        return project_heads(states, *stacked(linears), heads=self.n_heads, head_dim=self.key_value_proj_dim)
 
     def _shared_bias(self, position_bias: Any, like: torch.Tensor) -> SharedPositionBias:
         """The tables to use: the ones passed in, this layer's own, or zeros (a layer without a bias table)."""
@@ -137,7 +138,7 @@ class _AttnregLongT5Attention:
         """The layer's output ``(batch, length, d_model)`` and, on request, the blocked attention weights."""
         if self.training and self.dropout > 0:
             _warn_no_attention_dropout()
-        q, k, v = (self._split_heads(proj(hidden_states)) for proj in (self.q, self.k, self.v))
+        q, k, v = self._project(hidden_states, (self.q, self.k, self.v))
         inputs: dict[str, Any] = {"attention_mask": real, "bias_weight": shared.bias_weight}
         if aggregated_kv is not None:
             inputs.update(aggregated_kv=aggregated_kv, aggregated_bias_weight=shared.aggregated_bias_weight)
@@ -196,7 +197,8 @@ class LongT5TransientGlobalAttention(_AttnregLongT5Attention, modeling_longt5.Lo
         everywhere = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
         aggregated = self.pattern.aggregated_globals.aggregate(hidden_states, everywhere if real is None else real)
         aggregated = self.global_input_layer_norm(aggregated)
-        return self._split_heads(self.k(aggregated)), self._split_heads(self.v(aggregated))
+        k, v = self._project(aggregated, (self.k, self.v))
+        return k, v
 
 
 _warned_dropout = False
