@@ -82,10 +82,12 @@ class LongformerSelfAttention(nn.Module):
         )
         batch, length, _ = hidden_states.shape
         masks = layer_masks((batch, length), attention_mask, is_index_masked, is_index_global_attn, is_global_attn)
-        q, k, v = self._project(hidden_states, (self.query, self.key, self.value))
         global_qkv = None
-        if masks.global_mask is not None:
-            global_k, global_v = self._project(hidden_states, (self.key_global, self.value_global))
+        if masks.global_mask is None:
+            q, k, v = self._project(hidden_states, (self.query, self.key, self.value))
+        else:
+            linears = (self.query, self.key, self.value, self.key_global, self.value_global)
+            q, k, v, global_k, global_v = self._project(hidden_states, linears)
             global_qkv = (self._global_queries(hidden_states, masks.global_mask), global_k, global_v)
         inputs = {"attention_mask": masks.real, "global_mask": masks.global_mask, "global_qkv": global_qkv}
         if masks.global_mask is not None:
