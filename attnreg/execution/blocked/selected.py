@@ -48,11 +48,14 @@ class Slots:
         return x.gather(2, self.index[:, None, :, None].expand(batch, heads, self.count, dim))
 
     def put(self, rows: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
-        """``into`` ``(batch, heads, length, dim)`` with the global rows replaced by ``rows`` (slot order)."""
+        """``into`` ``(batch, heads, length, dim)`` with the global rows replaced by ``rows`` (slot order).
+
+        One copy of ``into`` and a write per slot; unfilled slots (which point at other rows) write back what is there.
+        """
         batch, heads, _, dim = rows.shape
         index = self.index[:, None, :, None].expand(batch, heads, self.count, dim)
-        scattered = torch.zeros_like(into).scatter(2, index, rows.to(into.dtype))
-        return torch.where(self.rows[:, None, :, None], scattered, into)
+        rows = torch.where(self.filled[:, None, :, None], rows.to(into.dtype), into.gather(2, index))
+        return into.scatter(2, index, rows)
 
 
 def _bias(call: AttentionCall, key_positions: torch.Tensor, query_positions: torch.Tensor) -> torch.Tensor | None:
