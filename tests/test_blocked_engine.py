@@ -130,7 +130,7 @@ def test_matches_reference_without_attention_mask(name: str, length: int) -> Non
 @pytest.mark.parametrize("name", ["local-bias", "globals-bias", "tglobal", "everything"])
 def test_unfused_path_matches_reference(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The plain-matmul forward (what runs off CPU, e.g. CUDA) on CPU in fp32."""
-    monkeypatch.setattr("attnreg.execution.blocked.kernel._flash_ok", lambda q: False)
+    monkeypatch.setattr("attnreg.execution.blocked.kernel._flash_ok", lambda q, keys: False)
     compare(make_inputs(PATTERNS[name], 29), atol=2e-5, rtol=2e-5)
 
 

@@ -64,17 +64,32 @@ def _mask_chunk(bias: torch.Tensor | None, valid: torch.Tensor | None, blocks: i
     return max(1, CHUNK_ELEMENTS // per_block)
 
 
-def _flash_ok(q: torch.Tensor) -> bool:
-    return q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16, torch.float16)
+#: Fewer keys per block than this run on plain matmuls: the fused kernel's fixed cost per block then dominates
+#: (one global key for 16k queries in 12 heads: 38 ms fused, a few ms as matmuls).
+FLASH_MIN_KEYS = 16
+
+
+def _flash_ok(q: torch.Tensor, keys: int) -> bool:
+    """Whether SDPA's fused CPU kernel runs blocks of ``q`` against ``keys`` keys."""
+    return (
+        q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16, torch.float16) and keys >= FLASH_MIN_KEYS
+    )
 
 
 def _forward_chunk(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float, shared: bool
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    shared: bool,
+    flash: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Output and log-sum-exp of one chunk ``(batch, heads, c, queries, dim)``; fully masked rows give 0 and 0.
 
-    ``k``/``v``: ``(batch, heads, c, keys, dim)`` views (stride 0 over blocks when ``shared``)."""
-    if _flash_ok(q):
+    ``k``/``v``: ``(batch, heads, c, keys, dim)`` views (stride 0 over blocks when ``shared``); ``flash``: on the
+    fused kernel (see :func:`_flash_ok`), else on matmuls."""
+    if flash:
         outs, lses = [], []
         for example in range(q.shape[0]):
             m = None
@@ -222,13 +237,13 @@ class BlockedAttention(torch.autograd.Function):
         kb = key_blocks(k, blocks, size, step)
         vb = key_blocks(v, blocks, size, step)
         chunk = max(1, CHUNK_ELEMENTS // max(1, batch * heads * queries * size))
-        flash = _flash_ok(q)
+        flash = _flash_ok(q, size)
         # the fused kernel never materialises scores: only the mask bounds a forward chunk
         forward_chunk = _mask_chunk(bias, valid, blocks) if flash else chunk
         outs, lses = [], []
         for part, needs_mask in pieces(blocks, masked, forward_chunk, whole_unmasked=flash):
             mask = additive_mask(None if bias is None else bias.detach(), valid if needs_mask else None, part)
-            out, lse = _forward_chunk(q[:, :, part], kb[:, :, part], vb[:, :, part], mask, scale, step == 0)
+            out, lse = _forward_chunk(q[:, :, part], kb[:, :, part], vb[:, :, part], mask, scale, step == 0, flash)
             outs.append(out)
             lses.append(lse)
         out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
