@@ -13,7 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnreg import AggregatedGlobals, Pattern, RelativePositionBias, SelectedGlobals, Window
-from attnreg.execution.blocked import BlockedEngine, blocked_attention_call
+from attnreg.execution.blocked import BlockedEngine, blocked_attention_call, kernel
 from attnreg.execution.blocked import window as blocked_attention_window
 from attnreg.execution.blocked.kernel import pieces
 from attnreg.execution.blocked.layout import DEFAULT_BLOCK
@@ -280,3 +280,19 @@ def test_blocks_are_cut_into_runs_of_masked_and_unmasked() -> None:
     ]
     assert pieces(3, None, chunk=2, whole_unmasked=True) == [(slice(0, 2), True), (slice(2, 3), True)]
     assert pieces(3, (False,) * 3, chunk=2, whole_unmasked=False) == [(slice(0, 2), False), (slice(2, 3), False)]
+
+
+@pytest.mark.parametrize("name", ["window", "local-bias", "globals-bias", "tglobal", "everything"])
+def test_few_masked_blocks_recomputed_in_place_match_reference(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """483 tokens in 61 blocks of 8, masks only at the ends and around a padded run in the middle of one example: one
+    fused call over every block, then the few masked blocks again with their key mask, written in place."""
+    taken = []
+    original = kernel._few_masked
+    monkeypatch.setattr(
+        kernel, "_few_masked", lambda masked, blocks: taken.append(original(masked, blocks)) or taken[-1]
+    )
+    call = make_inputs(PATTERNS[name], 483, batch=2)
+    mask = torch.ones(2, 483, dtype=torch.bool)
+    mask[1, 240:244] = False
+    compare(replace(call, attention_mask=mask), atol=2e-5, rtol=2e-5)
+    assert any(taken)

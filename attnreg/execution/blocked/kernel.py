@@ -163,29 +163,38 @@ class _HeadGrads:
             target += reduced.sum(0, keepdim=True)
 
 
-def _backward_chunk(ops: _HeadOperands, grads: _HeadGrads, part: slice, mask: torch.Tensor | None) -> None:
+def _backward_chunk(
+    ops: _HeadOperands,
+    grads: _HeadGrads,
+    part: slice,
+    mask: torch.Tensor | None,
+    scratch: tuple[torch.Tensor, torch.Tensor],
+) -> None:
     """The gradients of blocks ``part`` for one example and head, the scores recomputed from the log-sum-exp.
 
     Key and value gradients of overlapping key blocks are summed by the matmuls themselves (``baddbmm_`` into each
-    block's rows), never materialised per block.
+    block's rows), never materialised per block. ``scratch``: two ``(chunk, queries, keys)`` buffers that every chunk
+    reuses; a fresh multi-megabyte tensor per chunk is returned to the OS and page-faulted in again each time.
     """
     q, grad_out, lse, delta = ops.q[part], ops.grad_out[part], ops.lse[part], ops.delta[part]
     count, queries, dim = q.shape
     if ops.step == 0:
         k, v = ops.k[: ops.size], ops.v[: ops.size]
         flat_q, flat_grad = q.reshape(-1, dim), grad_out.reshape(-1, grad_out.shape[-1])
-        scores = torch.addmm(lse.reshape(-1, 1), flat_q, k.T, beta=-1, alpha=ops.scale).view(count, queries, ops.size)
+        scores, ds = (buffer[:count].view(-1, ops.size) for buffer in scratch)
+        torch.addmm(lse.reshape(-1, 1), flat_q, k.T, beta=-1, alpha=ops.scale, out=scores)
+        torch.addmm(delta.reshape(-1, 1), flat_grad, v.T, beta=-1, out=ds)
+        scores, ds = scores.view(count, queries, ops.size), ds.view(count, queries, ops.size)
     else:
         k = ops.k.unfold(0, ops.size, ops.step).transpose(-1, -2)[part]
         v = ops.v.unfold(0, ops.size, ops.step).transpose(-1, -2)[part]
-        scores = torch.baddbmm(lse, q, k.transpose(-1, -2), beta=-1, alpha=ops.scale)
+        scores, ds = (buffer[:count] for buffer in scratch)
+        torch.baddbmm(lse, q, k.transpose(-1, -2), beta=-1, alpha=ops.scale, out=scores)
+        torch.baddbmm(delta, grad_out, v.transpose(-1, -2), beta=-1, out=ds)
     if mask is not None:
         scores += mask
     probs = scores.exp_()
-    if ops.step == 0:
-        ds = torch.addmm(delta.reshape(-1, 1), flat_grad, v.T, beta=-1).view_as(probs).mul_(probs)
-    else:
-        ds = torch.baddbmm(delta, grad_out, v.transpose(-1, -2), beta=-1).mul_(probs)
+    ds.mul_(probs)
     grads.add_bias(ds, part)
     if ops.step == 0:
         flat_ds, flat_probs = ds.view(-1, ops.size), probs.view(-1, ops.size)
@@ -222,6 +231,14 @@ def pieces(blocks: int, masked: tuple[bool, ...] | None, chunk: int, whole_unmas
     return result
 
 
+def _few_masked(masked: tuple[bool, ...] | None, blocks: int) -> bool:
+    """Whether at most an eighth of the blocks need the key mask, and some do not (then recomputing them is cheap)."""
+    if masked is None:
+        return False
+    count = sum(masked)
+    return 0 < count * 8 <= blocks
+
+
 class BlockedAttention(torch.autograd.Function):
     """``softmax(q kᵀ · scale + bias + mask) v`` per query block, returning the output and the log-sum-exp.
 
@@ -240,14 +257,24 @@ class BlockedAttention(torch.autograd.Function):
         flash = _flash_ok(q, size)
         # the fused kernel never materialises scores: only the mask bounds a forward chunk
         forward_chunk = _mask_chunk(bias, valid, blocks) if flash else chunk
-        outs, lses = [], []
-        for part, needs_mask in pieces(blocks, masked, forward_chunk, whole_unmasked=flash):
-            mask = additive_mask(None if bias is None else bias.detach(), valid if needs_mask else None, part)
-            out, lse = _forward_chunk(q[:, :, part], kb[:, :, part], vb[:, :, part], mask, scale, step == 0, flash)
-            outs.append(out)
-            lses.append(lse)
-        out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
-        lse = torch.cat(lses, dim=2) if len(lses) > 1 else lses[0]
+        detached = None if bias is None else bias.detach()
+        runs = pieces(blocks, masked, forward_chunk, whole_unmasked=flash)
+
+        def run(part: slice, needs_mask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            mask = additive_mask(detached, valid if needs_mask else None, part)
+            return _forward_chunk(q[:, :, part], kb[:, :, part], vb[:, :, part], mask, scale, step == 0, flash)
+
+        if flash and _few_masked(masked, blocks):
+            # every block in one fused call without the key mask, then the few masked blocks again, in place: cheaper
+            # than assembling the pieces' outputs into a new tensor
+            out, lse = run(slice(0, blocks), False)
+            for part, needs_mask in runs:
+                if needs_mask:
+                    out[:, :, part], lse[:, :, part] = run(part, True)
+        else:
+            outs, lses = zip(*(run(part, needs_mask) for part, needs_mask in runs), strict=True)
+            out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+            lse = torch.cat(lses, dim=2) if len(lses) > 1 else lses[0]
         ctx.save_for_backward(q, k, v, bias, valid, out, lse)
         ctx.layout = (size, step, scale, masked)
         return out, lse
@@ -277,6 +304,10 @@ class BlockedAttention(torch.autograd.Function):
         dbias = torch.zeros(bias.shape, dtype=bias.dtype, device=q.device) if need_bias else None
         detached = None if bias is None else bias.detach()
         chunk = max(1, CHUNK_ELEMENTS // max(1, queries * size))
+        scratch = (
+            q.new_empty((chunk, queries, size), dtype=compute),
+            q.new_empty((chunk, queries, size), dtype=compute),
+        )
         for example in range(batch):
             for head in range(heads):
                 grads = _HeadGrads(dq[example, head], dk[example, head], dv[example, head], dbias, example, head)
@@ -295,7 +326,7 @@ class BlockedAttention(torch.autograd.Function):
                     mask = additive_mask(
                         _pick(detached, example, head), _pick(valid, example, head) if needs_mask else None, part
                     )
-                    _backward_chunk(operands, grads, part, mask)
+                    _backward_chunk(operands, grads, part, mask, scratch)
         dk, dv = dk[:, :, : k.shape[2]], dv[:, :, : v.shape[2]]
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias, None, None, None, None, None
 
