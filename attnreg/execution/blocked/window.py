@@ -66,12 +66,16 @@ def masked_blocks(valid: torch.Tensor) -> tuple[bool, ...] | None:
     return tuple((~valid).any(dim=-1).any(dim=0).tolist())
 
 
+def window_size(blocks: Blocks, left: int, right: int) -> int:
+    """Keys per query block: its queries' reach, rounded up to whole blocks (the gradient of each block's keys is
+    then whole rows of one batched matmul; the few keys past the window are masked like any other outside it)."""
+    return math.ceil((blocks.size + left + right) / blocks.size) * blocks.size
+
+
 def window_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor | None) -> Part:
     """Every query against the keys of its window that ``keys_ok`` ``(batch, length)`` allows (``None``: all)."""
     left, right = window_reach(call)
-    # whole blocks of keys: the gradient of each block's keys is then whole rows of one batched matmul; the few keys
-    # past the window are masked like any other outside it
-    size = math.ceil((blocks.size + left + right) / blocks.size) * blocks.size
+    size = window_size(blocks, left, right)
     right = size - blocks.size - left
     padded_keys = (blocks.count + math.ceil(size / blocks.size) - 1) * blocks.size
     after = padded_keys - left - call.length
