@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnreg import AggregatedGlobals, Pattern, RelativePositionBias, SelectedGlobals, Window
 from attnreg.execution.blocked import BlockedEngine, blocked_attention_call, kernel
-from attnreg.execution.blocked import window as blocked_attention_window
+from attnreg.execution.blocked import window as window_module
 from attnreg.execution.blocked.kernel import pieces
 from attnreg.execution.blocked.layout import DEFAULT_BLOCK
 from attnreg.execution.call import make_call
@@ -242,13 +242,13 @@ def test_matches_reference_when_masks_cannot_be_read(name: str, monkeypatch: pyt
 def _window_masked_flags(call, monkeypatch: pytest.MonkeyPatch) -> tuple[bool, ...] | None:
     """The per-block ``masked`` flags the window part passes to the kernel for ``call``."""
     seen = []
-    original = blocked_attention_window.blocked_attention
+    original = window_module.blocked_attention
 
     def spy(*args, **kwargs):
         seen.append(kwargs["masked"])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(blocked_attention_window, "blocked_attention", spy)
+    monkeypatch.setattr(window_module, "blocked_attention", spy)
     blocked_attention_call(call)
     return seen[0]
 
@@ -296,3 +296,11 @@ def test_few_masked_blocks_recomputed_in_place_match_reference(name: str, monkey
     mask[1, 240:244] = False
     compare(replace(call, attention_mask=mask), atol=2e-5, rtol=2e-5)
     assert any(taken)
+
+
+def test_second_order_gradients_are_an_error_not_a_silent_zero() -> None:
+    call = make_inputs(PATTERNS["local-bias"], 13, batch=1)
+    out = blocked_attention_call(call)
+    (grad,) = torch.autograd.grad(out.pow(2).sum(), call.q, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        grad.sum().backward()

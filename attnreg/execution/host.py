@@ -2,7 +2,9 @@
 
 The fast paths use it to skip work the data shows is not needed (a key mask on blocks without padding, a projection
 of rows that are never read). On an accelerator the read would stall the stream, and under ``torch.compile`` or
-tracing it would be data-dependent control flow, so there they take the path that needs no read.
+tracing it would be data-dependent control flow, so there they take the path that needs no read. (Other tensor
+subclasses that cannot be read, such as fake tensors outside ``torch.compile`` or ``vmap``'s batched tensors, are not
+detected: the read raises there.)
 """
 
 from __future__ import annotations

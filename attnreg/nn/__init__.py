@@ -1,7 +1,7 @@
 """Modules that put attnreg patterns into any model: ``PatternAttention``, ``swap``, and fused head projections."""
 
 from attnreg.nn.attention import PatternAttention
-from attnreg.nn.projections import project_heads, stacked
+from attnreg.nn.projections import project_heads, project_linears, stacked
 from attnreg.nn.swap import from_multihead, swap
 
-__all__ = ["PatternAttention", "from_multihead", "project_heads", "stacked", "swap"]
+__all__ = ["PatternAttention", "from_multihead", "project_heads", "project_linears", "stacked", "swap"]

@@ -171,5 +171,4 @@ class PatternAttention(nn.Module):
         tokens = self.aggregated_norm(self.pattern.aggregated_globals.aggregate(x, real))
         weight = self.in_proj_weight[dim:]
         bias = None if self.in_proj_bias is None else self.in_proj_bias[dim:]
-        k, v = self._heads(tokens, weight, bias)
-        return k, v
+        return self._heads(tokens, weight, bias)

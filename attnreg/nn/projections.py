@@ -12,12 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnreg._validation import require
+
 
 def project_heads(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, heads: int, head_dim: int
 ) -> tuple[torch.Tensor, ...]:
     """``F.linear(x, weight, bias)`` on ``(batch, length, in)``, cut into ``weight.shape[0] // (heads · head_dim)``
     parts, each a ``(batch, heads, length, head_dim)`` view."""
+    require(
+        weight.dim() == 2 and weight.shape[0] % (heads * head_dim) == 0,
+        "weight.shape",
+        tuple(weight.shape),
+        f"expected (parts * heads * head_dim, in) with heads={heads}, head_dim={head_dim}",
+    )
     batch, length, _ = x.shape
     parts = weight.shape[0] // (heads * head_dim)
     packed = F.linear(x, weight, bias).view(batch, length, parts, heads, head_dim)
@@ -34,3 +42,21 @@ def stacked(linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | 
         linear.weight.new_zeros(linear.out_features) if linear.bias is None else linear.bias for linear in linears
     ]
     return weight, torch.cat(biases)
+
+
+def fusable(module: nn.Module) -> bool:
+    """Whether ``module`` is a plain ``nn.Linear`` whose weights may be read instead of calling it: not a subclass
+    (LoRA, quantised layers compute more than ``weight``), and no hooks (they would be skipped)."""
+    hooks = (module._forward_hooks, module._forward_pre_hooks, nn.modules.module._global_forward_hooks)
+    return type(module) is nn.Linear and not any(hooks) and not nn.modules.module._global_forward_pre_hooks
+
+
+def project_linears(
+    x: torch.Tensor, linears: Sequence[nn.Module], *, heads: int, head_dim: int
+) -> tuple[torch.Tensor, ...]:
+    """Each of ``linears`` on ``x`` ``(batch, length, in)`` as ``(batch, heads, length, head_dim)`` views: one matmul
+    when all are plain ``nn.Linear`` (see :func:`fusable`), else each module called as it is."""
+    if all(fusable(linear) for linear in linears):
+        return project_heads(x, *stacked(linears), heads=heads, head_dim=head_dim)
+    batch, length, _ = x.shape
+    return tuple(linear(x).view(batch, length, heads, head_dim).transpose(1, 2) for linear in linears)

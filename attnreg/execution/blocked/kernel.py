@@ -243,8 +243,8 @@ class BlockedAttention(torch.autograd.Function):
     """``softmax(q kᵀ · scale + bias + mask) v`` per query block, returning the output and the log-sum-exp.
 
     ``q``: ``(batch, heads, blocks, queries, dim)``; ``k``/``v``: padded ``(batch, heads, keys, dim)`` laid out by
-    :func:`key_blocks` with ``size`` and ``step``; ``bias``: fp32, 5-D, broadcastable to the scores
-    ``(batch, heads, blocks, queries, size)``; ``valid``: bool, 5-D, broadcastable likewise, read only for the
+    :func:`key_blocks` with ``size`` and ``step``; ``bias``: fp32 (fp64 for fp64 inputs), 5-D, broadcastable to the
+    scores ``(batch, heads, blocks, queries, size)``; ``valid``: bool, 5-D, broadcastable likewise, read only for the
     blocks that ``masked`` (see :func:`pieces`) flags.
     """
 
@@ -280,6 +280,7 @@ class BlockedAttention(torch.autograd.Function):
         return out, lse
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_lse):
         q, k, v, bias, valid, out, lse = ctx.saved_tensors
         size, step, scale, masked = ctx.layout
@@ -295,7 +296,8 @@ class BlockedAttention(torch.autograd.Function):
             delta = delta - grad_lse.unsqueeze(-1).to(compute)
         lse = lse.unsqueeze(-1).to(compute)
         kc, vc = k.to(compute), v.to(compute)
-        # the fused folds below may run past the keys by one block's width; the excess is sliced off at the end
+        # the fused folds write whole steps of rows: past the keys when size is not a multiple of step (the window
+        # part rounds it up, so not there), the excess sliced off at the end
         rows = max(k.shape[2], 0 if step == 0 else (blocks - 1) * step + math.ceil(size / step) * step)
         dq = torch.empty(q.shape, dtype=compute, device=q.device)
         dk = torch.zeros((batch, heads, rows, k.shape[-1]), dtype=compute, device=q.device)
@@ -303,11 +305,12 @@ class BlockedAttention(torch.autograd.Function):
         need_bias = bias is not None and ctx.needs_input_grad[3]
         dbias = torch.zeros(bias.shape, dtype=bias.dtype, device=q.device) if need_bias else None
         detached = None if bias is None else bias.detach()
-        chunk = max(1, CHUNK_ELEMENTS // max(1, queries * size))
+        chunk = min(blocks, max(1, CHUNK_ELEMENTS // max(1, queries * size)))
         scratch = (
             q.new_empty((chunk, queries, size), dtype=compute),
             q.new_empty((chunk, queries, size), dtype=compute),
         )
+        runs = pieces(blocks, masked, chunk, whole_unmasked=False)
         for example in range(batch):
             for head in range(heads):
                 grads = _HeadGrads(dq[example, head], dk[example, head], dv[example, head], dbias, example, head)
@@ -322,7 +325,7 @@ class BlockedAttention(torch.autograd.Function):
                     step,
                     scale,
                 )
-                for part, needs_mask in pieces(blocks, masked, chunk, whole_unmasked=False):
+                for part, needs_mask in runs:
                     mask = additive_mask(
                         _pick(detached, example, head), _pick(valid, example, head) if needs_mask else None, part
                     )

@@ -14,7 +14,7 @@ from torch import nn
 import attnreg
 from attnreg._validation import require
 from attnreg.execution import host
-from attnreg.nn import project_heads, stacked
+from attnreg.nn import project_linears
 from attnreg_longformer.masks import layer_masks
 from attnreg_longformer.pattern import layer_pattern
 from attnreg_longformer.probs import transformers_probs
@@ -109,9 +109,10 @@ class LongformerSelfAttention(nn.Module):
                 outputs += (global_,)
         return outputs
 
-    def _project(self, hidden_states: torch.Tensor, linears: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, ...]:
-        """``linears`` on ``hidden_states`` as one matmul, each a ``(batch, heads, length, head_dim)`` view."""
-        return project_heads(hidden_states, *stacked(linears), heads=self.num_heads, head_dim=self.head_dim)
+    def _project(self, hidden_states: torch.Tensor, linears: tuple[nn.Module, ...]) -> tuple[torch.Tensor, ...]:
+        """``linears`` on ``hidden_states`` (one matmul when they are plain ``nn.Linear``), each ``(batch, heads,
+        length, head_dim)``."""
+        return project_linears(hidden_states, linears, heads=self.num_heads, head_dim=self.head_dim)
 
     def _global_queries(self, hidden_states: torch.Tensor, global_mask: torch.Tensor) -> torch.Tensor:
         """``query_global`` of the global rows ``(batch, heads, length, head_dim)``; other rows are never read.
@@ -126,10 +127,11 @@ class LongformerSelfAttention(nn.Module):
         if count is None:
             (queries,) = self._project(hidden_states, (self.query_global,))
             return queries
+        count = min(count, length)
         order = torch.argsort((~global_mask).to(torch.uint8), dim=-1, stable=True)[:, :count]
         index = order[..., None].expand(batch, count, self.embed_dim)
         rows = self.query_global(hidden_states.gather(1, index)) * global_mask.gather(1, order)[..., None]
-        queries = hidden_states.new_zeros(batch, length, self.embed_dim).scatter(1, index, rows)
+        queries = rows.new_zeros(batch, length, self.embed_dim).scatter(1, index, rows)
         return queries.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
     def _merge_heads(self, out: torch.Tensor) -> torch.Tensor:

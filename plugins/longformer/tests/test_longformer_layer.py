@@ -193,3 +193,16 @@ def test_odd_and_non_divisible_configs_are_errors() -> None:
         LongformerSelfAttention(
             transformers.LongformerConfig(hidden_size=16, num_attention_heads=3, attention_window=[4]), 0
         )
+
+
+def test_a_bound_beyond_the_length_and_half_precision_autocast_project_the_global_rows() -> None:
+    ours, theirs = layer_pair()
+    inputs = layer_inputs([8, 6], [[0, 7], [2]], 8)
+    expected = theirs(**inputs)[0]
+    ours.attnreg_max_globals = 64
+    keep = ~inputs["is_index_masked"]
+    torch.testing.assert_close(ours(**inputs)[0][keep], expected[keep], atol=1e-5, rtol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ours(**inputs)[0]
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[keep].float(), expected[keep], atol=5e-2, rtol=5e-2)

@@ -17,7 +17,7 @@ from transformers.models.longt5 import modeling_longt5
 
 import attnreg
 from attnreg._validation import require
-from attnreg.nn import project_heads, stacked
+from attnreg.nn import project_linears
 from attnreg_longt5.blocked import from_blocked, to_blocked
 from attnreg_longt5.patterns import longt5_local, longt5_tglobal
 
@@ -104,9 +104,10 @@ class _AttnregLongT5Attention:
         """Keys and values of the aggregated tokens; none for a pattern without them."""
         return None
 
-    def _project(self, states: torch.Tensor, linears: tuple[torch.nn.Linear, ...]) -> tuple[torch.Tensor, ...]:
-        """``linears`` on ``states`` as one matmul, each a ``(batch, heads, length, d_kv)`` view."""
-        return project_heads(states, *stacked(linears), heads=self.n_heads, head_dim=self.key_value_proj_dim)
+    def _project(self, states: torch.Tensor, linears: tuple[torch.nn.Module, ...]) -> tuple[torch.Tensor, ...]:
+        """``linears`` on ``states`` (one matmul when they are plain ``nn.Linear``), each ``(batch, heads, length,
+        d_kv)``."""
+        return project_linears(states, linears, heads=self.n_heads, head_dim=self.key_value_proj_dim)
 
     def _shared_bias(self, position_bias: Any, like: torch.Tensor) -> SharedPositionBias:
         """The tables to use: the ones passed in, this layer's own, or zeros (a layer without a bias table)."""
@@ -197,8 +198,7 @@ class LongT5TransientGlobalAttention(_AttnregLongT5Attention, modeling_longt5.Lo
         everywhere = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
         aggregated = self.pattern.aggregated_globals.aggregate(hidden_states, everywhere if real is None else real)
         aggregated = self.global_input_layer_norm(aggregated)
-        k, v = self._project(aggregated, (self.k, self.v))
-        return k, v
+        return self._project(aggregated, (self.k, self.v))
 
 
 _warned_dropout = False
