@@ -302,5 +302,5 @@ def test_second_order_gradients_are_an_error_not_a_silent_zero() -> None:
     call = make_inputs(PATTERNS["local-bias"], 13, batch=1)
     out = blocked_attention_call(call)
     (grad,) = torch.autograd.grad(out.pow(2).sum(), call.q, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+    with pytest.raises(RuntimeError, match=r"once_differentiable|does not require grad"):
         grad.sum().backward()
