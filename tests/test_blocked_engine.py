@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from attnreg import AggregatedGlobals, Pattern, RelativePositionBias, SelectedGlobals, Window
 from attnreg.execution.blocked import BlockedEngine, blocked_attention_call, kernel
 from attnreg.execution.blocked import window as window_module
-from attnreg.execution.blocked.kernel import pieces
+from attnreg.execution.blocked.chunks import pieces
 from attnreg.execution.blocked.layout import DEFAULT_BLOCK
 from attnreg.execution.call import make_call
 from attnreg.execution.reference import reference_attention
@@ -155,8 +155,11 @@ def test_padded_queries_are_zero_and_all_padding_example_has_no_nan() -> None:
     assert all(torch.isfinite(t.grad).all() for t in call.tensors().values())
 
 
+@pytest.mark.parametrize("eager_cpu", [True, False], ids=["per-head backward", "batched backward"])
 @pytest.mark.parametrize("name", ["local-bias", "everything"])
-def test_gradcheck_fp64(name: str) -> None:
+def test_gradcheck_fp64(name: str, eager_cpu: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not eager_cpu:
+        monkeypatch.setattr("attnreg.execution.host.eager_on_cpu", lambda x: False)
     call = make_inputs(PATTERNS[name], 11, batch=3, dtype=torch.float64, heads=1, dim=2)
     names = list(call.tensors())
 
@@ -233,9 +236,10 @@ def test_a_bound_without_selected_globals_is_an_error() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(PATTERNS))
-def test_matches_reference_when_masks_cannot_be_read(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """As on an accelerator or under torch.compile: nothing is read back, every block gets the key mask."""
-    monkeypatch.setattr("attnreg.execution.host.host_readable", lambda x: False)
+def test_matches_reference_off_the_eager_cpu(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on an accelerator or under torch.compile: nothing is read back, every block gets the key mask, and the
+    backward runs chunks across all examples and heads."""
+    monkeypatch.setattr("attnreg.execution.host.eager_on_cpu", lambda x: False)
     compare(make_inputs(PATTERNS[name], 29), atol=2e-5, rtol=2e-5)
 
 

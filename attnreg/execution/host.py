@@ -12,6 +12,11 @@ from __future__ import annotations
 import torch
 
 
+def eager_on_cpu(x: torch.Tensor) -> bool:
+    """Whether ``x`` is on the CPU, outside ``torch.compile`` and tracing: what runs is what Python says, op by op."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+
+
 def host_readable(x: torch.Tensor) -> bool:
     """Whether ``x``'s values may be read back to decide what to compute (see the module's docstring)."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+    return eager_on_cpu(x)

@@ -7,50 +7,10 @@ the backward recomputes the scores chunk by chunk and returns the bias gradient 
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
-#: Score elements (batch × heads × blocks × queries × keys) one chunk works on; bounds the working memory.
-CHUNK_ELEMENTS = 1 << 20
-
-
-def key_blocks(keys: torch.Tensor, num_blocks: int, size: int, step: int) -> torch.Tensor:
-    """The ``(batch, heads, num_blocks, size, dim)`` keys of each query block, a view of ``keys`` (no copy).
-
-    Block ``i`` sees ``keys[:, :, i * step : i * step + size]``; ``step == 0`` lets every block share the first
-    ``size`` keys (stride-0 broadcast).
-    """
-    batch, heads, _, dim = keys.shape
-    if step == 0:
-        return keys[:, :, None, :size].expand(batch, heads, num_blocks, size, dim)
-    return keys.unfold(2, size, step).transpose(-1, -2)[:, :, :num_blocks]
-
-
-def additive_mask(bias: torch.Tensor | None, valid: torch.Tensor | None, blocks: slice) -> torch.Tensor | None:
-    """The additive mask of the blocks in ``blocks`` (dimension -3): ``bias`` plus ``-inf`` where ``valid`` is False.
-
-    ``bias``/``valid`` are broadcastable to ``(..., blocks, queries, keys)``; a size-1 block dimension is shared.
-    """
-    parts = []
-    if bias is not None:
-        parts.append(bias[..., blocks, :, :] if bias.shape[-3] > 1 else bias)
-    if valid is not None:
-        chunk = valid[..., blocks, :, :] if valid.shape[-3] > 1 else valid
-        zero = torch.zeros((), device=chunk.device, dtype=torch.float32 if bias is None else bias.dtype)
-        parts.append(zero.masked_fill(~chunk, float("-inf")).expand(chunk.shape))
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
-
-
-def _products(a: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
-    """``a @ b`` per block: ``a`` ``(batch, heads, c, rows, x)``; ``b`` ``(batch, heads, c, x, y)``, or one
-    ``(batch, heads, x, y)`` shared by every block (then a single matmul over all the chunk's rows)."""
-    if not shared:
-        return a @ b
-    return (a.flatten(2, 3) @ b).view(*a.shape[:-1], b.shape[-1])
+from attnreg.execution.blocked.backward import BackwardInputs, blocked_backward
+from attnreg.execution.blocked.chunks import CHUNK_ELEMENTS, additive_mask, key_blocks, pieces, products
 
 
 def _mask_chunk(bias: torch.Tensor | None, valid: torch.Tensor | None, blocks: int) -> int:
@@ -108,127 +68,13 @@ def _forward_chunk(
     compute = torch.promote_types(q.dtype, torch.float32)
     if shared:
         k, v = k[:, :, 0], v[:, :, 0]
-    scores = _products(q.to(compute), k.to(compute).transpose(-1, -2), shared) * scale
+    scores = products(q.to(compute), k.to(compute).transpose(-1, -2), shared) * scale
     if mask is not None:
         scores = scores + mask
     lse = torch.logsumexp(scores, dim=-1)
     lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-    out = _products(torch.exp(scores - lse.unsqueeze(-1)), v.to(compute), shared)
+    out = products(torch.exp(scores - lse.unsqueeze(-1)), v.to(compute), shared)
     return out.to(q.dtype), lse
-
-
-def _pick(x: torch.Tensor | None, example: int, head: int) -> torch.Tensor | None:
-    """One example's and head's ``(blocks|1, queries|1, keys)`` view of a 5-D tensor broadcast over both."""
-    if x is None:
-        return None
-    return x[example if x.shape[0] > 1 else 0, head if x.shape[1] > 1 else 0]
-
-
-@dataclass(frozen=True)
-class _HeadOperands:
-    """What one example's and head's backward reads: ``q`` ``(blocks, queries, dim)`` like ``grad_out``; ``lse``
-    and ``delta`` ``(blocks, queries, 1)``; the padded ``k``/``v`` ``(keys, dim)``; the layout and the score scale."""
-
-    q: torch.Tensor
-    grad_out: torch.Tensor
-    lse: torch.Tensor
-    delta: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    size: int
-    step: int
-    scale: float
-
-
-@dataclass(frozen=True)
-class _HeadGrads:
-    """Where one example's and head's gradients go: views of the full ``dq``/``dk``/``dv``, and the bias gradient."""
-
-    dq: torch.Tensor
-    dk: torch.Tensor
-    dv: torch.Tensor
-    dbias: torch.Tensor | None
-    example: int
-    head: int
-
-    def add_bias(self, ds: torch.Tensor, part: slice) -> None:
-        """Add the score gradient ``ds`` ``(c, queries, keys)`` of blocks ``part``, reduced to the bias's shape."""
-        target = _pick(self.dbias, self.example, self.head)
-        if target is None:
-            return
-        reduced = (ds if target.shape[1] > 1 else ds.sum(1, keepdim=True)).to(target.dtype)
-        if target.shape[0] > 1:
-            target[part] += reduced
-        else:
-            target += reduced.sum(0, keepdim=True)
-
-
-def _backward_chunk(
-    ops: _HeadOperands,
-    grads: _HeadGrads,
-    part: slice,
-    mask: torch.Tensor | None,
-    scratch: tuple[torch.Tensor, torch.Tensor],
-) -> None:
-    """The gradients of blocks ``part`` for one example and head, the scores recomputed from the log-sum-exp.
-
-    Key and value gradients of overlapping key blocks are summed by the matmuls themselves (``baddbmm_`` into each
-    block's rows), never materialised per block. ``scratch``: two ``(chunk, queries, keys)`` buffers that every chunk
-    reuses; a fresh multi-megabyte tensor per chunk is returned to the OS and page-faulted in again each time.
-    """
-    q, grad_out, lse, delta = ops.q[part], ops.grad_out[part], ops.lse[part], ops.delta[part]
-    count, queries, dim = q.shape
-    if ops.step == 0:
-        k, v = ops.k[: ops.size], ops.v[: ops.size]
-        flat_q, flat_grad = q.reshape(-1, dim), grad_out.reshape(-1, grad_out.shape[-1])
-        scores, ds = (buffer[:count].view(-1, ops.size) for buffer in scratch)
-        torch.addmm(lse.reshape(-1, 1), flat_q, k.T, beta=-1, alpha=ops.scale, out=scores)
-        torch.addmm(delta.reshape(-1, 1), flat_grad, v.T, beta=-1, out=ds)
-        scores, ds = scores.view(count, queries, ops.size), ds.view(count, queries, ops.size)
-    else:
-        k = ops.k.unfold(0, ops.size, ops.step).transpose(-1, -2)[part]
-        v = ops.v.unfold(0, ops.size, ops.step).transpose(-1, -2)[part]
-        scores, ds = (buffer[:count] for buffer in scratch)
-        torch.baddbmm(lse, q, k.transpose(-1, -2), beta=-1, alpha=ops.scale, out=scores)
-        torch.baddbmm(delta, grad_out, v.transpose(-1, -2), beta=-1, out=ds)
-    if mask is not None:
-        scores += mask
-    probs = scores.exp_()
-    ds.mul_(probs)
-    grads.add_bias(ds, part)
-    if ops.step == 0:
-        flat_ds, flat_probs = ds.view(-1, ops.size), probs.view(-1, ops.size)
-        grads.dq[part].view(-1, dim).addmm_(flat_ds, k, beta=0, alpha=ops.scale)
-        grads.dk[: ops.size].addmm_(flat_ds.T, flat_q, alpha=ops.scale)
-        grads.dv[: ops.size].addmm_(flat_probs.T, flat_grad)
-        return
-    grads.dq[part].baddbmm_(ds, k, beta=0, alpha=ops.scale)
-    for offset in range(0, ops.size, ops.step):
-        width = min(ops.step, ops.size - offset)
-        rows = slice(part.start * ops.step + offset, part.start * ops.step + offset + count * ops.step)
-        keys = slice(offset, offset + width)
-        grads.dk[rows].view(count, ops.step, dim)[:, :width].baddbmm_(
-            ds[:, :, keys].transpose(-1, -2), q, alpha=ops.scale
-        )
-        grads.dv[rows].view(count, ops.step, -1)[:, :width].baddbmm_(probs[:, :, keys].transpose(-1, -2), grad_out)
-
-
-def pieces(blocks: int, masked: tuple[bool, ...] | None, chunk: int, whole_unmasked: bool) -> list[tuple[slice, bool]]:
-    """The block ranges one pass works on, each with whether it needs the key-validity mask.
-
-    ``masked``: per block, whether any of its keys is invalid (``None``: assume every block is). Runs of masked
-    blocks are chunked (their mask is materialised); a run of unmasked blocks is one piece if ``whole_unmasked``.
-    """
-    flags = (True,) * blocks if masked is None else masked
-    result: list[tuple[slice, bool]] = []
-    start = 0
-    for end in range(1, blocks + 1):
-        if end < blocks and flags[end] == flags[start]:
-            continue
-        step = end - start if (whole_unmasked and not flags[start]) else chunk
-        result.extend((slice(first, min(first + step, end)), flags[start]) for first in range(start, end, step))
-        start = end
-    return result
 
 
 def _few_masked(masked: tuple[bool, ...] | None, blocks: int) -> bool:
@@ -284,54 +130,13 @@ class BlockedAttention(torch.autograd.Function):
     def backward(ctx, grad_out, grad_lse):
         q, k, v, bias, valid, out, lse = ctx.saved_tensors
         size, step, scale, masked = ctx.layout
-        batch, heads, blocks, queries, _ = q.shape
-        compute = torch.promote_types(q.dtype, torch.float32)
         if grad_out is None:
             grad_out = torch.zeros_like(out)
-        # operands in whatever layout they come (per head, every matrix has unit column stride, as BLAS wants);
-        # gradients contiguous, so that each block's rows are one batched matmul's output (a strided one is not)
-        qc, go = q.to(compute), grad_out.to(compute)
-        delta = (go * out.to(compute)).sum(-1, keepdim=True)
-        if grad_lse is not None:
-            delta = delta - grad_lse.unsqueeze(-1).to(compute)
-        lse = lse.unsqueeze(-1).to(compute)
-        kc, vc = k.to(compute), v.to(compute)
-        # the fused folds write whole steps of rows: past the keys when size is not a multiple of step (the window
-        # part rounds it up, so not there), the excess sliced off at the end
-        rows = max(k.shape[2], 0 if step == 0 else (blocks - 1) * step + math.ceil(size / step) * step)
-        dq = torch.empty(q.shape, dtype=compute, device=q.device)
-        dk = torch.zeros((batch, heads, rows, k.shape[-1]), dtype=compute, device=q.device)
-        dv = torch.zeros((batch, heads, rows, v.shape[-1]), dtype=compute, device=q.device)
         need_bias = bias is not None and ctx.needs_input_grad[3]
-        dbias = torch.zeros(bias.shape, dtype=bias.dtype, device=q.device) if need_bias else None
-        detached = None if bias is None else bias.detach()
-        chunk = min(blocks, max(1, CHUNK_ELEMENTS // max(1, queries * size)))
-        scratch = (
-            q.new_empty((chunk, queries, size), dtype=compute),
-            q.new_empty((chunk, queries, size), dtype=compute),
+        grads = blocked_backward(
+            BackwardInputs(q, k, v, bias, valid, out, lse, grad_out, grad_lse, size, step, scale, masked), need_bias
         )
-        runs = pieces(blocks, masked, chunk, whole_unmasked=False)
-        for example in range(batch):
-            for head in range(heads):
-                grads = _HeadGrads(dq[example, head], dk[example, head], dv[example, head], dbias, example, head)
-                operands = _HeadOperands(
-                    qc[example, head],
-                    go[example, head],
-                    lse[example, head],
-                    delta[example, head],
-                    kc[example, head],
-                    vc[example, head],
-                    size,
-                    step,
-                    scale,
-                )
-                for part, needs_mask in runs:
-                    mask = additive_mask(
-                        _pick(detached, example, head), _pick(valid, example, head) if needs_mask else None, part
-                    )
-                    _backward_chunk(operands, grads, part, mask, scratch)
-        dk, dv = dk[:, :, : k.shape[2]], dv[:, :, : v.shape[2]]
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias, None, None, None, None, None
+        return (*grads, None, None, None, None, None)
 
 
 def blocked_attention(

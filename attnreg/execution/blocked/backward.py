@@ -1,0 +1,267 @@
+"""The backward of the blocked kernel: scores recomputed chunk by chunk from the saved log-sum-exp.
+
+Two strategies with one result. Eager on the CPU, a loop over examples and heads whose matmuls sum the overlapping key
+blocks' gradients in place, with buffers reused across chunks (the fastest there). Elsewhere (an accelerator, or while
+compiling or tracing, where such loops mean many kernel launches or an unrolled graph of in-place updates), chunks
+of blocks across all examples and heads at once, out of place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from attnreg.execution import host
+from attnreg.execution.blocked.chunks import CHUNK_ELEMENTS, additive_mask, key_blocks, pieces, products
+
+
+@dataclass(frozen=True)
+class BackwardInputs:
+    """What the forward saved and the layout it ran with, plus the incoming gradients (``grad_lse`` may be None)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    bias: torch.Tensor | None
+    valid: torch.Tensor | None
+    out: torch.Tensor
+    lse: torch.Tensor
+    grad_out: torch.Tensor
+    grad_lse: torch.Tensor | None
+    size: int
+    step: int
+    scale: float
+    masked: tuple[bool, ...] | None
+
+
+@dataclass
+class _Gradients:
+    """``dq``, ``dk``, ``dv`` in the compute dtype (``dk``/``dv`` with ``rows`` rows) and ``dbias`` (or None)."""
+
+    dq: torch.Tensor
+    dk: torch.Tensor
+    dv: torch.Tensor
+    dbias: torch.Tensor | None
+
+
+def blocked_backward(inputs: BackwardInputs, need_bias: bool) -> tuple[torch.Tensor, ...]:
+    """``(dq, dk, dv, dbias)`` in the inputs' dtypes (``dbias`` None unless ``need_bias``)."""
+    q, k, v = inputs.q, inputs.k, inputs.v
+    batch, heads, blocks = q.shape[:3]
+    compute = torch.promote_types(q.dtype, torch.float32)
+    delta = (inputs.grad_out.to(compute) * inputs.out.to(compute)).sum(-1, keepdim=True)
+    if inputs.grad_lse is not None:
+        delta = delta - inputs.grad_lse.unsqueeze(-1).to(compute)
+    # the key-gradient folds write whole steps of rows: past the keys when size is not a multiple of step (the
+    # window part rounds it up, so not there), the excess sliced off at the end
+    rows = (
+        k.shape[2]
+        if inputs.step == 0
+        else (blocks - 1) * inputs.step + math.ceil(inputs.size / inputs.step) * inputs.step
+    )
+    rows = max(rows, k.shape[2])
+    grads = _Gradients(
+        dq=torch.empty(q.shape, dtype=compute, device=q.device),
+        dk=torch.zeros((batch, heads, rows, k.shape[-1]), dtype=compute, device=q.device),
+        dv=torch.zeros((batch, heads, rows, v.shape[-1]), dtype=compute, device=q.device),
+        dbias=torch.zeros(inputs.bias.shape, dtype=inputs.bias.dtype, device=q.device) if need_bias else None,
+    )
+    lse = inputs.lse.unsqueeze(-1).to(compute)
+    if host.eager_on_cpu(q):
+        _per_head(inputs, grads, lse, delta, compute)
+    else:
+        _batched(inputs, grads, lse, delta, compute)
+    dk, dv = grads.dk[:, :, : k.shape[2]], grads.dv[:, :, : v.shape[2]]
+    return grads.dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), grads.dbias
+
+
+def _per_head(
+    inputs: BackwardInputs, grads: _Gradients, lse: torch.Tensor, delta: torch.Tensor, compute: torch.dtype
+) -> None:
+    """Eager CPU: per example and head, operands in the layout they come (per head, every matrix has unit column
+    stride, as BLAS wants), gradients contiguous so that each block's key rows are one batched matmul's output."""
+    q, k, v, size, step = inputs.q, inputs.k, inputs.v, inputs.size, inputs.step
+    batch, heads, blocks, queries, _ = q.shape
+    qc, go, kc, vc = q.to(compute), inputs.grad_out.to(compute), k.to(compute), v.to(compute)
+    detached = None if inputs.bias is None else inputs.bias.detach()
+    chunk = min(blocks, max(1, CHUNK_ELEMENTS // max(1, queries * size)))
+    scratch = (q.new_empty((chunk, queries, size), dtype=compute), q.new_empty((chunk, queries, size), dtype=compute))
+    runs = pieces(blocks, inputs.masked, chunk, whole_unmasked=False)
+    for example in range(batch):
+        for head in range(heads):
+            targets = _HeadGrads(
+                grads.dq[example, head], grads.dk[example, head], grads.dv[example, head], grads.dbias, example, head
+            )
+            operands = _HeadOperands(
+                qc[example, head],
+                go[example, head],
+                lse[example, head],
+                delta[example, head],
+                kc[example, head],
+                vc[example, head],
+                size,
+                step,
+                inputs.scale,
+            )
+            for part, needs_mask in runs:
+                valid = _pick(inputs.valid, example, head) if needs_mask else None
+                mask = additive_mask(_pick(detached, example, head), valid, part)
+                _backward_chunk(operands, targets, part, mask, scratch)
+
+
+def _batched(
+    inputs: BackwardInputs, grads: _Gradients, lse: torch.Tensor, delta: torch.Tensor, compute: torch.dtype
+) -> None:
+    """Off the eager CPU: chunks of blocks across every example and head, with out-of-place matmuls."""
+    q, size, step, scale = inputs.q, inputs.size, inputs.step, inputs.scale
+    batch, heads, blocks, queries, _ = q.shape
+    shared = step == 0
+    k, v = inputs.k.to(compute), inputs.v.to(compute)
+    kb, vb = key_blocks(k, blocks, size, step), key_blocks(v, blocks, size, step)
+    detached = None if inputs.bias is None else inputs.bias.detach()
+    chunk = max(1, CHUNK_ELEMENTS // max(1, batch * heads * queries * size))
+    for part, needs_mask in pieces(blocks, inputs.masked, chunk, whole_unmasked=False):
+        kc, vc = (k[:, :, :size], v[:, :, :size]) if shared else (kb[:, :, part], vb[:, :, part])
+        qc, go = q[:, :, part].to(compute), inputs.grad_out[:, :, part].to(compute)
+        scores = products(qc, kc.transpose(-1, -2), shared) * scale - lse[:, :, part]
+        mask = additive_mask(detached, inputs.valid if needs_mask else None, part)
+        if mask is not None:
+            scores = scores + mask
+        probs = scores.exp()
+        ds = (products(go, vc.transpose(-1, -2), shared) - delta[:, :, part]) * probs
+        grads.dq[:, :, part] = products(ds, kc, shared) * scale
+        key_grad, value_grad = _key_products(ds, qc, shared) * scale, _key_products(probs, go, shared)
+        if shared:
+            grads.dk[:, :, :size] += key_grad
+            grads.dv[:, :, :size] += value_grad
+        else:
+            _fold(grads.dk, key_grad, part.start, step)
+            _fold(grads.dv, value_grad, part.start, step)
+        if grads.dbias is not None:
+            _add_bias(grads.dbias, ds, part)
+
+
+def _key_products(a: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
+    """``aᵀ @ b`` per block (``(batch, heads, c, keys, dim)``), or summed over the chunk's blocks when shared."""
+    if not shared:
+        return a.transpose(-1, -2) @ b
+    return a.flatten(2, 3).transpose(-1, -2) @ b.flatten(2, 3)
+
+
+def _fold(target: torch.Tensor, grad: torch.Tensor, first: int, step: int) -> None:
+    """Add per-block key gradients ``(batch, heads, c, size, dim)`` of blocks ``first...`` into ``target``'s rows."""
+    batch, heads, count, size, dim = grad.shape
+    for offset in range(0, size, step):
+        width = min(step, size - offset)
+        start = first * step + offset
+        region = target[:, :, start : start + count * step].view(batch, heads, count, step, dim)
+        region[:, :, :, :width] += grad[:, :, :, offset : offset + width]
+
+
+def _add_bias(dbias: torch.Tensor, ds: torch.Tensor, part: slice) -> None:
+    """Add the score gradient ``ds`` ``(batch, heads, c, queries, keys)`` of blocks ``part``, summed over what the
+    bias broadcasts."""
+    dims = [d for d in (0, 1, 3) if dbias.shape[d] == 1 and ds.shape[d] != 1]
+    reduced = (ds.sum(dim=dims, keepdim=True) if dims else ds).to(dbias.dtype)
+    if dbias.shape[2] > 1:
+        dbias[:, :, part] += reduced
+    else:
+        dbias += reduced.sum(2, keepdim=True)
+
+
+def _pick(x: torch.Tensor | None, example: int, head: int) -> torch.Tensor | None:
+    """One example's and head's ``(blocks|1, queries|1, keys)`` view of a 5-D tensor broadcast over both."""
+    if x is None:
+        return None
+    return x[example if x.shape[0] > 1 else 0, head if x.shape[1] > 1 else 0]
+
+
+@dataclass(frozen=True)
+class _HeadOperands:
+    """What one example's and head's backward reads: ``q`` ``(blocks, queries, dim)`` like ``grad_out``; ``lse``
+    and ``delta`` ``(blocks, queries, 1)``; the padded ``k``/``v`` ``(keys, dim)``; the layout and the score scale."""
+
+    q: torch.Tensor
+    grad_out: torch.Tensor
+    lse: torch.Tensor
+    delta: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    size: int
+    step: int
+    scale: float
+
+
+@dataclass(frozen=True)
+class _HeadGrads:
+    """Where one example's and head's gradients go: views of the full ``dq``/``dk``/``dv``, and the bias gradient."""
+
+    dq: torch.Tensor
+    dk: torch.Tensor
+    dv: torch.Tensor
+    dbias: torch.Tensor | None
+    example: int
+    head: int
+
+    def add_bias(self, ds: torch.Tensor, part: slice) -> None:
+        """Add the score gradient ``ds`` ``(c, queries, keys)`` of blocks ``part``, reduced to the bias's shape."""
+        target = _pick(self.dbias, self.example, self.head)
+        if target is None:
+            return
+        reduced = (ds if target.shape[1] > 1 else ds.sum(1, keepdim=True)).to(target.dtype)
+        if target.shape[0] > 1:
+            target[part] += reduced
+        else:
+            target += reduced.sum(0, keepdim=True)
+
+
+def _backward_chunk(
+    ops: _HeadOperands,
+    grads: _HeadGrads,
+    part: slice,
+    mask: torch.Tensor | None,
+    scratch: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """The gradients of blocks ``part`` for one example and head, the scores recomputed from the log-sum-exp.
+
+    Key and value gradients of overlapping key blocks are summed by the matmuls themselves (``baddbmm_`` into each
+    block's rows), never materialised per block. ``scratch``: two ``(chunk, queries, keys)`` buffers that every chunk
+    reuses; a fresh multi-megabyte tensor per chunk is returned to the OS and page-faulted in again each time.
+    """
+    q, grad_out, lse, delta = ops.q[part], ops.grad_out[part], ops.lse[part], ops.delta[part]
+    count, queries, dim = q.shape
+    if ops.step == 0:
+        k, v = ops.k[: ops.size], ops.v[: ops.size]
+        flat_q, flat_grad = q.reshape(-1, dim), grad_out.reshape(-1, grad_out.shape[-1])
+        scores, ds = (buffer[:count].view(-1, ops.size) for buffer in scratch)
+        torch.addmm(lse.reshape(-1, 1), flat_q, k.T, beta=-1, alpha=ops.scale, out=scores)
+        torch.addmm(delta.reshape(-1, 1), flat_grad, v.T, beta=-1, out=ds)
+        scores, ds = scores.view(count, queries, ops.size), ds.view(count, queries, ops.size)
+    else:
+        k = ops.k.unfold(0, ops.size, ops.step).transpose(-1, -2)[part]
+        v = ops.v.unfold(0, ops.size, ops.step).transpose(-1, -2)[part]
+        scores, ds = (buffer[:count] for buffer in scratch)
+        torch.baddbmm(lse, q, k.transpose(-1, -2), beta=-1, alpha=ops.scale, out=scores)
+        torch.baddbmm(delta, grad_out, v.transpose(-1, -2), beta=-1, out=ds)
+    if mask is not None:
+        scores += mask
+    probs = scores.exp_()
+    ds.mul_(probs)
+    grads.add_bias(ds, part)
+    if ops.step == 0:
+        flat_ds, flat_probs = ds.view(-1, ops.size), probs.view(-1, ops.size)
+        grads.dq[part].view(-1, dim).addmm_(flat_ds, k, beta=0, alpha=ops.scale)
+        grads.dk[: ops.size].addmm_(flat_ds.T, flat_q, alpha=ops.scale)
+        grads.dv[: ops.size].addmm_(flat_probs.T, flat_grad)
+        return
+    grads.dq[part].baddbmm_(ds, k, beta=0, alpha=ops.scale)
+    for offset in range(0, ops.size, ops.step):
+        width = min(ops.step, ops.size - offset)
+        rows = slice(part.start * ops.step + offset, part.start * ops.step + offset + count * ops.step)
+        keys = slice(offset, offset + width)
+        grads.dk[rows].view(count, ops.step, dim)[:, :width].baddbmm_(
+            ds[:, :, keys].transpose(-1, -2), q, alpha=ops.scale
+        )
+        grads.dv[rows].view(count, ops.step, -1)[:, :width].baddbmm_(probs[:, :, keys].transpose(-1, -2), grad_out)
