@@ -92,7 +92,10 @@ def _per_head(
     for example in range(batch):
         for head in range(heads):
             targets = _HeadGrads(
-                grads.dq[example, head], grads.dk[example, head], grads.dv[example, head], grads.dbias, example, head
+                grads.dq[example, head],
+                grads.dk[example, head],
+                grads.dv[example, head],
+                _pick(grads.dbias, example, head, keep_dims=True),
             )
             operands = _HeadOperands(
                 qc[example, head],
@@ -171,11 +174,15 @@ def _add_bias(dbias: torch.Tensor, ds: torch.Tensor, part: slice) -> None:
         dbias += reduced.sum(2, keepdim=True)
 
 
-def _pick(x: torch.Tensor | None, example: int, head: int) -> torch.Tensor | None:
-    """One example's and head's ``(blocks|1, queries|1, keys)`` view of a 5-D tensor broadcast over both."""
+def _pick(x: torch.Tensor | None, example: int, head: int, keep_dims: bool = False) -> torch.Tensor | None:
+    """One example's and head's ``(blocks|1, queries|1, keys)`` view of a 5-D tensor broadcast over both (with
+    ``keep_dims``, still 5-D: ``(1, 1, blocks|1, queries|1, keys)``)."""
     if x is None:
         return None
-    return x[example if x.shape[0] > 1 else 0, head if x.shape[1] > 1 else 0]
+    example, head = (example if x.shape[0] > 1 else 0), (head if x.shape[1] > 1 else 0)
+    if keep_dims:
+        return x[example : example + 1, head : head + 1]
+    return x[example, head]
 
 
 @dataclass(frozen=True)
@@ -196,25 +203,13 @@ class _HeadOperands:
 
 @dataclass(frozen=True)
 class _HeadGrads:
-    """Where one example's and head's gradients go: views of the full ``dq``/``dk``/``dv``, and the bias gradient."""
+    """Where one example's and head's gradients go: views of the full ``dq``/``dk``/``dv``, and of the bias
+    gradient (5-D, see :func:`_pick`), or None."""
 
     dq: torch.Tensor
     dk: torch.Tensor
     dv: torch.Tensor
     dbias: torch.Tensor | None
-    example: int
-    head: int
-
-    def add_bias(self, ds: torch.Tensor, part: slice) -> None:
-        """Add the score gradient ``ds`` ``(c, queries, keys)`` of blocks ``part``, reduced to the bias's shape."""
-        target = _pick(self.dbias, self.example, self.head)
-        if target is None:
-            return
-        reduced = (ds if target.shape[1] > 1 else ds.sum(1, keepdim=True)).to(target.dtype)
-        if target.shape[0] > 1:
-            target[part] += reduced
-        else:
-            target += reduced.sum(0, keepdim=True)
 
 
 def _backward_chunk(
@@ -249,7 +244,8 @@ def _backward_chunk(
         scores += mask
     probs = scores.exp_()
     ds.mul_(probs)
-    grads.add_bias(ds, part)
+    if grads.dbias is not None:
+        _add_bias(grads.dbias, ds[None, None], part)
     if ops.step == 0:
         flat_ds, flat_probs = ds.view(-1, ops.size), probs.view(-1, ops.size)
         grads.dq[part].view(-1, dim).addmm_(flat_ds, k, beta=0, alpha=ops.scale)
