@@ -292,3 +292,21 @@ def test_real_xformers_gradients_match_reference(name: str) -> None:
             t.grad = None
     for expected, actual in zip(grads["reference"], grads["xformers"], strict=True):
         torch.testing.assert_close(actual, expected, atol=2e-4, rtol=2e-3)
+
+
+@pytest.mark.parametrize("name", ["window-globals", "window-globals-own"])
+def test_a_bound_on_global_tokens_without_a_global_mask_keeps_the_window(fake_fmha, name: str) -> None:
+    """No ``global_mask``: the pattern is its window, whatever ``max_globals`` says (every strategy, and the one
+    ``strategy`` picks for a call that needs gradients: a structural window without merging)."""
+    inputs = case_inputs(name, padding=0, num_globals=0, requires_grad=True)
+    inputs.pop("global_qkv", None)
+    expected = run(inputs, PATTERNS[name], "reference")
+    q, k, v = inputs.pop("q"), inputs.pop("k"), inputs.pop("v")
+    call = make_call(q, k, v, PATTERNS[name], max_globals=2, **inputs)
+    assert strategy(call, ALL_FEATURES) == (False, True)
+    for merge, structural in [*_strategies(name), (False, True)]:
+        actual = run_plan(fake_fmha, build_plan(call, merge=merge, structural=structural, block=4), call)
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5, msg=f"merge={merge} structural={structural}")
+    torch.testing.assert_close(
+        xformers_attention(call, fake_fmha, ALL_FEATURES, block=4), expected, atol=1e-5, rtol=1e-5
+    )

@@ -27,13 +27,12 @@ def strategy(call: AttentionCall, features: Features) -> tuple[bool, bool]:
     pattern = call.pattern
     merge = features.partial_merge and not call.requires_grad
     has_extras = call.global_mask is not None or (pattern.aggregated_globals is not None and call.count > 0)
-    unpadded = call.attention_mask is None or bool(call.attention_mask.all())
     structural = (
         pattern.window is not None
         and pattern.bias is None
-        and unpadded
         and call.dtype in features.local_mask_dtypes
         and (merge or not has_extras)
+        and (call.attention_mask is None or bool(call.attention_mask.all()))  # last: reading it syncs the device
     )
     return merge, structural
 

@@ -256,11 +256,10 @@ def build_plan(
         if call.attention_mask is None
         else call.attention_mask
     )
-    global_mask = (
-        torch.zeros_like(real) if call.global_mask is None or pattern.selected_globals is None else call.global_mask
-    ) & real
+    has_globals = call.global_mask is not None and pattern.selected_globals is not None
+    global_mask = (call.global_mask if has_globals else torch.zeros_like(real)) & real
     positions = valid = None
-    if pattern.selected_globals is not None:
+    if has_globals:  # as strategy() sees it: without a global_mask the pattern is its window, whatever max_globals
         positions, valid = _selected_positions(call, global_mask)
         if positions.shape[1] == 0:
             positions = valid = None
