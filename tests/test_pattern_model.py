@@ -232,3 +232,10 @@ def test_aggregate_rejects_mismatched_shapes(hidden, attention_mask, named):
     with pytest.raises(PatternError) as error:
         AggregatedGlobals(2).aggregate(hidden, attention_mask)
     assert named in str(error.value)
+
+
+def test_selected_global_slots_put_each_examples_globals_first_in_order() -> None:
+    mask = torch.tensor([[False, True, False, True], [False, False, False, False], [True, False, False, False]])
+    positions, filled = SelectedGlobals.slots(mask, 2)
+    assert positions.tolist() == [[1, 3], [0, 1], [0, 1]]
+    assert filled.tolist() == [[True, True], [False, False], [True, False]]

@@ -80,6 +80,14 @@ class SelectedGlobals:
             "expected a bool",
         )
 
+    @staticmethod
+    def slots(global_mask: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(positions, filled)``, both ``(batch, count)``: each example's global token positions in order (then
+        other positions, as filler), and which slots hold a global token. ``global_mask``: ``(batch, length)`` bool."""
+        positions = torch.sort((~global_mask).to(torch.int8), dim=-1, stable=True).indices[:, :count]
+        filled = torch.arange(count, device=global_mask.device) < global_mask.sum(dim=-1, keepdim=True)
+        return positions, filled
+
 
 @dataclass(frozen=True)
 class AggregatedGlobals:

@@ -31,11 +31,7 @@ class Slots:
     @classmethod
     def gather(cls, global_rows: torch.Tensor, call: AttentionCall) -> Slots:
         """Slots for the ``(batch, length)`` bool global rows (already restricted to real tokens)."""
-        counts = global_rows.sum(dim=-1)
-        slots = call.global_slots(counts)
-        order = torch.argsort((~global_rows).to(torch.uint8), dim=-1, stable=True)
-        index = order[:, :slots]
-        filled = torch.arange(slots, device=global_rows.device) < counts[:, None]
+        index, filled = call.pattern.selected_globals.slots(global_rows, call.global_slots(global_rows.sum(dim=-1)))
         return cls(rows=global_rows, index=index, filled=filled)
 
     @property

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from attnreg.execution.blocked.window import window_reach
 from attnreg.execution.call import AttentionCall
 
 #: xformers reads tensor biases whose strides are multiples of 16 bytes: pad the last dimension to 8 elements.
@@ -151,15 +152,6 @@ def _aggregated_keys(call: AttentionCall, real: torch.Tensor, queries: torch.Ten
     return _Keys(allowed, bias, columns)
 
 
-def _selected_positions(call: AttentionCall, global_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The global tokens' positions ``(batch, most)`` in order, and which slots hold one (examples differ in count)."""
-    counts = global_mask.sum(dim=-1)
-    most = call.global_slots(counts)  # the kernels need a static key count
-    order = torch.sort((~global_mask).to(torch.int8), dim=-1, stable=True).indices[:, :most]
-    valid = torch.arange(most, device=global_mask.device) < counts[:, None]
-    return order, valid
-
-
 def _selected_keys(
     call: AttentionCall, real: torch.Tensor, queries: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor
 ) -> _Keys:
@@ -226,7 +218,7 @@ def block_layout(call: AttentionCall, block: int = DEFAULT_BLOCK) -> tuple[int, 
     A window that reaches (almost) the whole sequence becomes one block over every key.
     """
     n = call.length
-    left, right = (n - 1, n - 1) if call.pattern.window is None else call.pattern.window.span(n)
+    left, right = window_reach(call)
     rows = min(block, n)
     span = rows + left + right
     if call.pattern.window is None or span >= n:
@@ -260,7 +252,7 @@ def build_plan(
     global_mask = (call.global_mask if has_globals else torch.zeros_like(real)) & real
     positions = valid = None
     if has_globals:  # as strategy() sees it: without a global_mask the pattern is its window, whatever max_globals
-        positions, valid = _selected_positions(call, global_mask)
+        positions, valid = pattern.selected_globals.slots(global_mask, call.global_slots(global_mask.sum(dim=-1)))
         if positions.shape[1] == 0:
             positions = valid = None
 

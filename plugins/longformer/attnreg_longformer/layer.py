@@ -128,9 +128,9 @@ class LongformerSelfAttention(nn.Module):
             (queries,) = self._project(hidden_states, (self.query_global,))
             return queries
         count = min(count, length)
-        order = torch.argsort((~global_mask).to(torch.uint8), dim=-1, stable=True)[:, :count]
+        order, filled = self.pattern.selected_globals.slots(global_mask, count)
         index = order[..., None].expand(batch, count, self.embed_dim)
-        rows = self.query_global(hidden_states.gather(1, index)) * global_mask.gather(1, order)[..., None]
+        rows = self.query_global(hidden_states.gather(1, index)) * filled[..., None]
         queries = rows.new_zeros(batch, length, self.embed_dim).scatter(1, index, rows)
         return queries.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 

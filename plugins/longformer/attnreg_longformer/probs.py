@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import torch
 
-
-def global_positions(global_mask: torch.Tensor, count: int) -> torch.Tensor:
-    """``(batch, count)``: each example's global token positions in order, then filler positions."""
-    ranks = (~global_mask).to(torch.int8)
-    return torch.sort(ranks, dim=-1, stable=True).indices[:, :count]
+from attnreg import SelectedGlobals
 
 
 def transformers_probs(
@@ -28,10 +24,8 @@ def transformers_probs(
     batch, heads, length, _ = weights.shape
     if global_mask is None:
         global_mask = torch.zeros(batch, length, dtype=torch.bool, device=weights.device)
-    counts = global_mask.sum(dim=-1)
-    count = int(counts.max()) if batch else 0
-    positions = global_positions(global_mask, count)
-    slot_is_global = torch.arange(count, device=weights.device) < counts[:, None]
+    count = int(global_mask.sum(dim=-1).max()) if batch else 0
+    positions, slot_is_global = SelectedGlobals.slots(global_mask, count)
 
     offsets = torch.arange(-one_sided_window, one_sided_window + 1, device=weights.device)
     keys = torch.arange(length, device=weights.device)[:, None] + offsets
