@@ -84,7 +84,8 @@ def _per_head(
     stride, as BLAS wants), gradients contiguous so that each block's key rows are one batched matmul's output."""
     q, k, v, size, step = inputs.q, inputs.k, inputs.v, inputs.size, inputs.step
     batch, heads, blocks, queries, _ = q.shape
-    qc, go, kc, vc = q.to(compute), inputs.grad_out.to(compute), k.to(compute), v.to(compute)
+    qc, go = q.to(compute), inputs.grad_out.to(compute)
+    kb, vb = key_blocks(k.to(compute), blocks, size, step), key_blocks(v.to(compute), blocks, size, step)
     detached = None if inputs.bias is None else inputs.bias.detach()
     chunk = min(blocks, max(1, CHUNK_ELEMENTS // max(1, queries * size)))
     scratch = (q.new_empty((chunk, queries, size), dtype=compute), q.new_empty((chunk, queries, size), dtype=compute))
@@ -102,8 +103,8 @@ def _per_head(
                 go[example, head],
                 lse[example, head],
                 delta[example, head],
-                kc[example, head],
-                vc[example, head],
+                kb[example, head],
+                vb[example, head],
                 size,
                 step,
                 inputs.scale,
@@ -188,7 +189,8 @@ def _pick(x: torch.Tensor | None, example: int, head: int, keep_dims: bool = Fal
 @dataclass(frozen=True)
 class _HeadOperands:
     """What one example's and head's backward reads: ``q`` ``(blocks, queries, dim)`` like ``grad_out``; ``lse``
-    and ``delta`` ``(blocks, queries, 1)``; the padded ``k``/``v`` ``(keys, dim)``; the layout and the score scale."""
+    and ``delta`` ``(blocks, queries, 1)``; ``k``/``v``: each block's keys ``(blocks, size, dim)`` (see
+    :func:`key_blocks`; with ``step == 0`` a stride-0 view of the shared keys); the layout and the score scale."""
 
     q: torch.Tensor
     grad_out: torch.Tensor
@@ -228,15 +230,14 @@ def _backward_chunk(
     q, grad_out, lse, delta = ops.q[part], ops.grad_out[part], ops.lse[part], ops.delta[part]
     count, queries, dim = q.shape
     if ops.step == 0:
-        k, v = ops.k[: ops.size], ops.v[: ops.size]
+        k, v = ops.k[0], ops.v[0]  # every block shares the same keys
         flat_q, flat_grad = q.reshape(-1, dim), grad_out.reshape(-1, grad_out.shape[-1])
         scores, ds = (buffer[:count].view(-1, ops.size) for buffer in scratch)
         torch.addmm(lse.reshape(-1, 1), flat_q, k.T, beta=-1, alpha=ops.scale, out=scores)
         torch.addmm(delta.reshape(-1, 1), flat_grad, v.T, beta=-1, out=ds)
         scores, ds = scores.view(count, queries, ops.size), ds.view(count, queries, ops.size)
     else:
-        k = ops.k.unfold(0, ops.size, ops.step).transpose(-1, -2)[part]
-        v = ops.v.unfold(0, ops.size, ops.step).transpose(-1, -2)[part]
+        k, v = ops.k[part], ops.v[part]
         scores, ds = (buffer[:count] for buffer in scratch)
         torch.baddbmm(lse, q, k.transpose(-1, -2), beta=-1, alpha=ops.scale, out=scores)
         torch.baddbmm(delta, grad_out, v.transpose(-1, -2), beta=-1, out=ds)

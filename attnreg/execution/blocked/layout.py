@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
@@ -76,12 +77,14 @@ def table_dtype(weight: torch.Tensor) -> torch.Tensor:
     return weight.to(torch.promote_types(weight.dtype, torch.float32))
 
 
-_CACHE: dict[Hashable, torch.Tensor] = {}
+T = TypeVar("T")
+
+_CACHE: dict[Hashable, Any] = {}
 _CACHE_LIMIT = 64
 
 
-def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """``build()``, remembered by ``key``: index tensors that depend only on shapes and the pattern.
+def cached(key: Hashable, build: Callable[[], T]) -> T:
+    """``build()``, remembered by ``key``: index tensors (or tuples of them) that depend only on shapes and the pattern.
 
     Why: they are made of many tiny operations, each costly on a busy CPU. Not cached while compiling (the
     compiler folds them itself).

@@ -34,10 +34,7 @@ def block_bias(call: AttentionCall, blocks: Blocks, left: int, size: int) -> tor
     """``(1, heads|1, 1, block, size)``: the relative-position bias of a block's keys plus ``-inf`` outside
     the window. The same for every block (relative positions depend only on the offsets inside the block)."""
     key = ("window", call.pattern.window, call.pattern.bias, blocks.size, left, size, str(call.device))
-    outside, bucket = (
-        cached((*key, "outside"), lambda: _block_structure(call, blocks, left, size)[0]),
-        cached((*key, "bucket"), lambda: _block_structure(call, blocks, left, size)[1]),
-    )
+    outside, bucket = cached((*key, "structure"), lambda: _block_structure(call, blocks, left, size))
     if call.bias_weight is None:
         if call.pattern.window is None:
             return None
