@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import attnreg
-from attnreg.bench.inputs import random_inputs
+from attnreg.bench.inputs import leaves, random_inputs
 from attnreg.pattern.spec import Pattern
 from attnreg.registry import BenchmarkEntry
 
@@ -76,8 +76,7 @@ def pin_backend(module: torch.nn.Module, backend: str | None) -> int:
 
 def _trainable(module: torch.nn.Module, kwargs: dict[str, Any]) -> list[torch.Tensor]:
     """The tensors a backward pass gives gradients to: the module's parameters and inputs that require grad."""
-    inputs = [v for v in kwargs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
-    return [*module.parameters(), *inputs]
+    return [*module.parameters(), *leaves(kwargs)]
 
 
 def layer_variants(
@@ -133,11 +132,11 @@ def bare_variants(
         num_globals=1,
         requires_grad=grad,
     )
+    trainable = leaves(inputs)  # q, k, v and every other input that takes a gradient (projections, tables)
     q, k, v = inputs.pop("q"), inputs.pop("k"), inputs.pop("v")
-    leaves = [t for t in (q, k, v) if t.requires_grad]
     for engine in engines:
 
         def forward(engine: str = engine) -> torch.Tensor:
             return attnreg.attention(q, k, v, pattern, backend=engine, **inputs)
 
-        yield Variant(engine, _step(forward, leaves, grad))
+        yield Variant(engine, _step(forward, trainable, grad))
