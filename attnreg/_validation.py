@@ -5,9 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
+
 
 class PatternError(ValueError):
     """A pattern, or an argument passed to run one, is not valid."""
+
+
+def describe(value: object) -> object:
+    """``value`` as an error message shows it: a tensor by its shape, anything else as it is."""
+    return f"Tensor{tuple(value.shape)}" if isinstance(value, torch.Tensor) else value
 
 
 def require(condition: bool, name: str, value: Any, allowed: str) -> None:

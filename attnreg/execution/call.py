@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnreg._validation import PatternError, require
+from attnreg._validation import PatternError, describe, require
 from attnreg.pattern.spec import Pattern
 
 #: The floating inputs of a call, which engines may differentiate, in the order they are reported.
@@ -206,7 +206,7 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     require(
         isinstance(q, torch.Tensor) and q.dim() == 4,
         "q",
-        _describe(q),
+        describe(q),
         "expected a (batch, heads, length, head_dim) tensor",
     )
     require(
@@ -219,7 +219,7 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 
 def _check_like(name: str, tensor: object, q: torch.Tensor, shape: tuple[int, ...]) -> None:
     """``tensor`` must have ``shape`` and share ``q``'s dtype and device."""
-    require(isinstance(tensor, torch.Tensor), name, _describe(tensor), f"expected a tensor of shape {shape}")
+    require(isinstance(tensor, torch.Tensor), name, describe(tensor), f"expected a tensor of shape {shape}")
     require(tuple(tensor.shape) == shape, f"{name}.shape", tuple(tensor.shape), f"expected {shape}")
     require(tensor.dtype == q.dtype, f"{name}.dtype", tensor.dtype, f"expected q's dtype {q.dtype}")
     require(tensor.device == q.device, f"{name}.device", tensor.device, f"expected q's device {q.device}")
@@ -229,7 +229,7 @@ def _check_mask(name: str, mask: torch.Tensor | None, q: torch.Tensor) -> torch.
     if mask is None:
         return None
     shape = (q.shape[0], q.shape[2])
-    require(isinstance(mask, torch.Tensor), name, _describe(mask), f"expected a bool tensor of shape {shape}")
+    require(isinstance(mask, torch.Tensor), name, describe(mask), f"expected a bool tensor of shape {shape}")
     require(tuple(mask.shape) == shape, f"{name}.shape", tuple(mask.shape), f"expected (batch, length) = {shape}")
     require(mask.device == q.device, f"{name}.device", mask.device, f"expected q's device {q.device}")
     require(
@@ -243,7 +243,7 @@ def _check_mask(name: str, mask: torch.Tensor | None, q: torch.Tensor) -> torch.
 
 def _check_bias(name: str, weight: torch.Tensor | None, term: object, q: torch.Tensor) -> torch.Tensor | None:
     if term is None:
-        require(weight is None, name, _describe(weight), "this pattern has no such bias term; pass None")
+        require(weight is None, name, describe(weight), "this pattern has no such bias term; pass None")
         return None
     shape = (term.num_buckets, q.shape[1])
     if weight is None:
@@ -266,7 +266,3 @@ def _check_bias(name: str, weight: torch.Tensor | None, term: object, q: torch.T
     )
     require(weight.device == q.device, f"{name}.device", weight.device, f"expected q's device {q.device}")
     return weight
-
-
-def _describe(value: object) -> object:
-    return f"Tensor{tuple(value.shape)}" if isinstance(value, torch.Tensor) else value

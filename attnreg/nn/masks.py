@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from attnreg._validation import PatternError, require
+from attnreg._validation import PatternError, describe, require
 from attnreg.pattern.spec import Pattern
 
 
@@ -50,7 +50,7 @@ def check_attn_mask(attn_mask: torch.Tensor | None, is_causal: bool, pattern: Pa
         return
     if not causal_pattern:
         raise PatternError(
-            f"attn_mask={_describe(attn_mask)} (is_causal={is_causal}) is not allowed: this pattern ({pattern!r}) "
+            f"attn_mask={describe(attn_mask)} (is_causal={is_causal}) is not allowed: this pattern ({pattern!r}) "
             "is not causal, and an attention mask cannot be merged into it; put the structure in the pattern "
             "(e.g. Window(left, right=0) for a causal model) and pass attn_mask=None"
         )
@@ -58,7 +58,7 @@ def check_attn_mask(attn_mask: torch.Tensor | None, is_causal: bool, pattern: Pa
         require(
             attn_mask is None or is_causal,
             "attn_mask",
-            _describe(attn_mask),
+            describe(attn_mask),
             "under torch.compile an attn_mask is only accepted with is_causal=True (it cannot be checked there)",
         )
         return
@@ -74,11 +74,7 @@ def check_attn_mask(attn_mask: torch.Tensor | None, is_causal: bool, pattern: Pa
     require(
         allowed_values and bool((blocked == future).all()),
         "attn_mask",
-        _describe(attn_mask),
+        describe(attn_mask),
         "only the plain causal mask (what nn.Transformer.generate_square_subsequent_mask gives) is accepted, "
         "with a causal pattern; anything else must be expressed as the pattern",
     )
-
-
-def _describe(value: object) -> object:
-    return f"Tensor{tuple(value.shape)}" if isinstance(value, torch.Tensor) else value
