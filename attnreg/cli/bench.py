@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from attnreg._validation import PatternError, require
+from attnreg._validation import PatternError, require, require_int
 from attnreg.cli._params import add_pattern_options, pattern_params
 from attnreg.registry import ConflictError, PluginError, UnknownNameError, get_registry
 
@@ -91,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
         registry = get_registry()
         bare = "--bare" in args.options or args.name not in registry.benchmarks
         options = bench_parser(args.name, with_pattern=bare).parse_args(args.options)
-        require(options.batch >= 1, "--batch", options.batch, "expected an int >= 1")
-        require(options.repeats >= 1, "--repeats", options.repeats, "expected an int >= 1")
+        require_int("--batch", options.batch, minimum=1)
+        require_int("--repeats", options.repeats, minimum=1)
         engines = None
         if options.engines:
             engines = [part.strip() for part in options.engines.split(",") if part.strip()]
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             unknown = [name for name in engines if name not in known]
             require(not unknown, "--engines", options.engines, f"known engines are {', '.join(known)}")
         if options.threads is not None:
-            require(options.threads >= 1, "--threads", options.threads, "expected an int >= 1")
+            require_int("--threads", options.threads, minimum=1)
             torch.set_num_threads(options.threads)
         if options.device.startswith("cuda"):
             require(torch.cuda.is_available(), "--device", options.device, "CUDA is not available on this machine")

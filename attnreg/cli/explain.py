@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnreg._validation import PatternError, require
+from attnreg._validation import PatternError, require, require_int
 from attnreg.cli._params import add_pattern_options, pattern_from_args
 from attnreg.execution import AttentionCall, make_call
 from attnreg.execution.dispatch import Verdict, judge
@@ -78,7 +78,7 @@ def describe_call(pattern: Pattern, options: argparse.Namespace) -> tuple[Attent
     n, batch = options.length, options.batch
     for name in ("length", "batch", "heads", "head_dim"):
         value = getattr(options, name)
-        require(value >= 1, f"--{name.replace('_', '-')}", value, "expected an int >= 1")
+        require_int(f"--{name.replace('_', '-')}", value, minimum=1)
     require(0 <= options.pad < n, "--pad", options.pad, f"expected 0 to --length - 1 ({n - 1})")
     require(0 <= options.globals <= n - options.pad, "--globals", options.globals, "expected 0 to the real length")
     try:

@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from attnreg._validation import PatternError, require
+from attnreg._validation import PatternError, require, require_int
 from attnreg.cli._params import add_pattern_options, pattern_from_args
 from attnreg.registry import ConflictError, PluginError, UnknownNameError
 
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 def _masks(options: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The ``(1, length)`` attention mask (``--pad`` positions at the end are padding) and global mask."""
     length = options.length
-    require(isinstance(length, int) and length >= 1, "--length", length, "expected an int >= 1")
+    require_int("--length", length, minimum=1)
     require(0 <= options.pad <= length, "--pad", options.pad, f"expected 0 to --length ({length})")
     bad = [p for p in options.globals if not 0 <= p < length]
     require(not bad, "--globals", ",".join(map(str, options.globals)), f"expected positions in [0, {length})")
