@@ -19,7 +19,7 @@ import attnreg
 from attnreg._validation import require
 from attnreg.nn import project_linears
 from attnreg_longt5.blocked import from_blocked, to_blocked
-from attnreg_longt5.patterns import longt5_local, longt5_tglobal
+from attnreg_longt5.patterns import local_params, longt5_local, longt5_tglobal
 
 
 @dataclass(frozen=True)
@@ -160,15 +160,7 @@ class LongT5LocalAttention(_AttnregLongT5Attention, modeling_longt5.LongT5LocalA
 
     def __init__(self, config: Any, has_relative_attention_bias: bool = False, layer_idx: int | None = None) -> None:
         super().__init__(config, has_relative_attention_bias=has_relative_attention_bias)
-        self._init_attnreg(
-            layer_idx,
-            longt5_local(
-                config.local_radius,
-                config.relative_attention_num_buckets,
-                config.relative_attention_max_distance,
-                not config.is_decoder,
-            ),
-        )
+        self._init_attnreg(layer_idx, longt5_local(**local_params(config)))
 
 
 class LongT5TransientGlobalAttention(_AttnregLongT5Attention, modeling_longt5.LongT5TransientGlobalAttention):
@@ -181,14 +173,7 @@ class LongT5TransientGlobalAttention(_AttnregLongT5Attention, modeling_longt5.Lo
     def __init__(self, config: Any, has_relative_attention_bias: bool = False, layer_idx: int | None = None) -> None:
         super().__init__(config, has_relative_attention_bias=has_relative_attention_bias)
         self._init_attnreg(
-            layer_idx,
-            longt5_tglobal(
-                config.local_radius,
-                config.global_block_size,
-                config.relative_attention_num_buckets,
-                config.relative_attention_max_distance,
-                not config.is_decoder,
-            ),
+            layer_idx, longt5_tglobal(global_block_size=config.global_block_size, **local_params(config))
         )
 
     def _aggregated_kv(

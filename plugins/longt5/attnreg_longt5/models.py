@@ -15,7 +15,7 @@ import torch
 from transformers import LongT5Config, LongT5EncoderModel, LongT5ForConditionalGeneration
 from transformers.models.longt5 import modeling_longt5
 
-from attnreg._validation import require, require_int
+from attnreg._validation import reject_unknown, require, require_int
 from attnreg_longt5.layers import LongT5LocalAttention, LongT5TransientGlobalAttention
 
 HEADS: dict[str, type[modeling_longt5.LongT5PreTrainedModel]] = {
@@ -175,13 +175,7 @@ def use_attnreg_attention(model: torch.nn.Module, *, backend: str | None = None)
 
 
 def _check_keys(where: str, given: Mapping[str, Any]) -> None:
-    unknown = sorted(set(given) - CONFIG_KEYS)
-    require(
-        not unknown,
-        where,
-        unknown,
-        f"not LongT5Config fields; allowed: {', '.join(sorted(CONFIG_KEYS))}",
-    )
+    reject_unknown(f"{where} (LongT5Config fields)", given, sorted(CONFIG_KEYS))
 
 
 def _check_attention_type(name: str, found: str, where: str) -> None:

@@ -49,16 +49,20 @@ def longt5_tglobal(
 ATTENTION_TYPES = {"local": "longt5-local", "transient-global": "longt5-tglobal"}
 
 
-def pattern_for_config(config: Any) -> attnreg.Pattern:
-    """The pattern of a ``LongT5Config``'s encoder self-attention (``encoder_attention_type`` chooses which)."""
-    kind = getattr(config, "encoder_attention_type", None)
-    require(kind in ATTENTION_TYPES, "config.encoder_attention_type", kind, f"expected one of {list(ATTENTION_TYPES)}")
-    common = {
+def local_params(config: Any) -> dict[str, Any]:
+    """The :func:`longt5_local` arguments a ``LongT5Config`` gives (a decoder's bias is unidirectional)."""
+    return {
         "local_radius": config.local_radius,
         "num_buckets": config.relative_attention_num_buckets,
         "max_distance": config.relative_attention_max_distance,
         "bidirectional": not config.is_decoder,
     }
+
+
+def pattern_for_config(config: Any) -> attnreg.Pattern:
+    """The pattern of a ``LongT5Config``'s encoder self-attention (``encoder_attention_type`` chooses which)."""
+    kind = getattr(config, "encoder_attention_type", None)
+    require(kind in ATTENTION_TYPES, "config.encoder_attention_type", kind, f"expected one of {list(ATTENTION_TYPES)}")
     if kind == "local":
-        return longt5_local(**common)
-    return longt5_tglobal(global_block_size=config.global_block_size, **common)
+        return longt5_local(**local_params(config))
+    return longt5_tglobal(global_block_size=config.global_block_size, **local_params(config))
