@@ -56,8 +56,6 @@ class LongformerSelfAttention(nn.Module):
         self.pattern = layer_pattern(config.attention_window, layer_id)
         self.one_sided_attn_window_size = self.pattern.window.left
         self.config = config
-        self.attnreg_backend = None
-        self.attnreg_max_globals = None
 
     def forward(
         self,

@@ -81,7 +81,6 @@ class _AttnregLongT5Attention:
     def _init_attnreg(self, layer_idx: int | None, pattern: attnreg.Pattern) -> None:
         self.layer_idx = layer_idx
         self.pattern = pattern
-        self.attnreg_backend = None
 
     def forward(
         self,
