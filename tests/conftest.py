@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import torch
 
 from attnreg.registry import Registry
 
@@ -104,3 +105,13 @@ def load_registry(plugin_environment: Callable[..., None]) -> Callable[..., Regi
         return Registry.load()
 
     return load
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster than two fighting over a shared machine (modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

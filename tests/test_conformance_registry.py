@@ -7,19 +7,11 @@ any other installed distribution; engines that refuse a case (e.g. xformers on C
 from __future__ import annotations
 
 import pytest
-import torch
 
 import attnreg
 from attnreg.testing import check_pattern
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two fighting over a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", attnreg.list_patterns())

@@ -18,14 +18,7 @@ from attnreg.cli import main as cli_main
 from attnreg.execution.reference import reference_attention
 from attnreg.testing import check_pattern
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two fighting over a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PROBE = "conformance-probe"
