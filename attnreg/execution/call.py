@@ -104,6 +104,13 @@ class AttentionCall:
         torch._assert_async((counts <= self.max_globals).all(), "an example has more global tokens than max_globals")
         return min(self.max_globals, self.length)
 
+    def with_aggregated(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``k`` and ``v`` followed by the aggregated tokens' keys and values along the length (the key order of the
+        dense layout: tokens, then aggregated tokens); unchanged without them."""
+        if self.aggregated_k is None:
+            return k, v
+        return torch.cat([k, self.aggregated_k], dim=2), torch.cat([v, self.aggregated_v], dim=2)
+
     @property
     def requires_grad(self) -> bool:
         """Whether any floating input needs a gradient (so an engine must support backward)."""

@@ -59,20 +59,14 @@ def dense_mask(call: AttentionCall, layout: DenseLayout) -> tuple[torch.Tensor, 
     return bias.masked_fill(~allowed, float("-inf")), empty[:, None]
 
 
-def _keys(call: AttentionCall, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if call.aggregated_k is None:
-        return k, v
-    return torch.cat([k, call.aggregated_k], dim=2), torch.cat([v, call.aggregated_v], dim=2)
-
-
 def dense_sdpa_attention(call: AttentionCall) -> torch.Tensor:
     """The output ``(batch, heads, length, head_dim)`` of ``call`` by dense SDPA (a second call for global rows)."""
     layout = call.pattern.materialize(call.length, call.attention_mask, call.global_mask, device=call.device)
     mask, empty = dense_mask(call, layout)
-    k, v = _keys(call, call.k, call.v)
+    k, v = call.with_aggregated(call.k, call.v)
     out = F.scaled_dot_product_attention(call.q, k, v, attn_mask=mask, scale=call.scale)
     if call.has_global_projections:
-        gk, gv = _keys(call, call.global_k, call.global_v)
+        gk, gv = call.with_aggregated(call.global_k, call.global_v)
         global_out = F.scaled_dot_product_attention(call.global_q, gk, gv, attn_mask=mask, scale=call.scale)
         out = torch.where(layout.global_rows[:, None, :, None], global_out, out)
     return out.masked_fill(empty, 0.0)

@@ -27,9 +27,7 @@ def reference_weights(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
     allowed = layout.allowed[:, None]
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if call.aggregated_k is not None:
-            k = torch.cat([k, call.aggregated_k], dim=2)
-            v = torch.cat([v, call.aggregated_v], dim=2)
+        k, v = call.with_aggregated(k, v)
         scores = (q.to(compute) @ k.to(compute).transpose(-1, -2)) * call.scale
         if bias is not None:
             scores = scores + bias

@@ -72,12 +72,8 @@ def _inputs(call: AttentionCall) -> dict[str, tuple[torch.Tensor, torch.Tensor, 
     """Per projection set: queries, keys and values ("tokens then aggregated tokens"), ``(batch, len, heads, dim)``."""
 
     def keys(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if call.aggregated_k is None:
-            return k.transpose(1, 2), v.transpose(1, 2)
-        return (
-            torch.cat([k, call.aggregated_k], dim=2).transpose(1, 2),
-            torch.cat([v, call.aggregated_v], dim=2).transpose(1, 2),
-        )
+        k, v = call.with_aggregated(k, v)
+        return k.transpose(1, 2), v.transpose(1, 2)
 
     found = {"tokens": (call.q.transpose(1, 2), *keys(call.k, call.v))}
     if call.has_global_projections:
