@@ -11,10 +11,6 @@ from attnreg._validation import PatternError
 from attnreg.execution.call import AttentionCall
 from attnreg.execution.engine import Engine
 
-#: Engines picked automatically only when no other supports the call: the reference is the tests' ground truth, and
-#: its estimate (no fixed overhead) can undercut the fast engines on tiny inputs. ``backend=`` still names it.
-LAST_RESORT = frozenset({"reference"})
-
 
 class BackendUnavailableError(PatternError):
     """An engine asked for by ``backend=`` cannot run the call; the message says why."""
@@ -34,15 +30,11 @@ class Verdict:
 
 
 def refusals(engine: Engine, call: AttentionCall) -> tuple[str, ...]:
-    """Why ``engine`` cannot run ``call``: its own reasons, plus, while torch.compile traces, why it cannot be traced.
-
-    An engine may define ``untraceable_reasons(call) -> list[str]`` (e.g. sizes read from the data); outside
-    tracing it is never asked, so eager dispatch is unchanged.
-    """
+    """Why ``engine`` cannot run ``call``: its own reasons, plus, while torch.compile traces, why it cannot be traced
+    (:meth:`Engine.untraceable_reasons`, never asked outside tracing)."""
     reasons = list(engine.unsupported_reasons(call))
-    untraceable = getattr(engine, "untraceable_reasons", None)
-    if untraceable is not None and torch.compiler.is_compiling():
-        reasons.extend(f"under torch.compile: {reason}" for reason in untraceable(call))
+    if torch.compiler.is_compiling():
+        reasons.extend(f"under torch.compile: {reason}" for reason in engine.untraceable_reasons(call))
     return tuple(reasons)
 
 
@@ -54,7 +46,7 @@ def judge(call: AttentionCall, engines: Sequence[Engine]) -> list[Verdict]:
         verdicts.append(Verdict(engine, reasons, None if reasons else engine.estimated_cost(call)))
     return sorted(
         verdicts,
-        key=lambda v: (not v.supported, v.engine.name in LAST_RESORT, v.cost if v.cost is not None else 0.0),
+        key=lambda v: (not v.supported, v.engine.last_resort, v.cost if v.cost is not None else 0.0),
     )
 
 

@@ -20,6 +20,9 @@ class Engine(ABC):
     name: str = ""
     #: One line for ``attnreg explain`` and ``attnreg list``.
     description: str = ""
+    #: Picked automatically only when no other engine supports the call (``backend=`` still names it): the
+    #: reference is the tests' ground truth, and its estimate can undercut the fast engines on tiny inputs.
+    last_resort: bool = False
 
     @abstractmethod
     def unsupported_reasons(self, call: AttentionCall) -> list[str]:
@@ -28,6 +31,11 @@ class Engine(ABC):
     @abstractmethod
     def estimated_cost(self, call: AttentionCall) -> float:
         """A rough time estimate in seconds for ``call`` on its device, comparable across engines."""
+
+    def untraceable_reasons(self, call: AttentionCall) -> list[str]:
+        """Why ``call`` cannot be traced by ``torch.compile`` on this engine (e.g. a size read from the data); asked
+        only while tracing, so eager dispatch never depends on it. None by default."""
+        return []
 
     @abstractmethod
     def __call__(self, call: AttentionCall) -> torch.Tensor:

@@ -53,6 +53,7 @@ class ReferenceEngine(Engine):
 
     name = "reference"
     description = "dense materialised mask and bias, O(n^2); the ground truth"
+    last_resort = True
 
     def unsupported_reasons(self, call: AttentionCall) -> list[str]:
         return []
