@@ -27,7 +27,7 @@ from transformers.modeling_utils import AttentionInterface
 from attnreg._validation import PatternError, require
 from attnreg.functional import attention, attention_weights
 from attnreg.pattern.spec import Pattern
-from attnreg.registry import get_registry
+from attnreg.registry import get_registry, resolve_pattern
 
 PREFIX = "attnreg:"
 
@@ -40,12 +40,7 @@ def register(name: str, pattern: Pattern | str, **pattern_params: Any) -> str:
     """
     require(isinstance(name, str) and name.strip() == name and name, "name", name, "expected a non-empty string")
     require("/" not in name, "name", name, "a '/' would make transformers read it as a hub kernel")
-    registry = get_registry()  # loaded now: torch.compile can trace a loaded registry, not its loading
-    if isinstance(pattern, str):
-        pattern = registry.get_pattern(pattern, **pattern_params)
-    else:
-        require(not pattern_params, "pattern_params", sorted(pattern_params), "only taken with a registered name")
-        require(isinstance(pattern, Pattern), "pattern", pattern, "expected an attnreg.Pattern or a registered name")
+    pattern = resolve_pattern(pattern, pattern_params)  # loads the registry now: torch.compile traces a loaded one
     AttentionInterface.register(name, make_attention_function(pattern, name))
     AttentionMaskInterface.register(name, make_mask_function(pattern, name))
     return name

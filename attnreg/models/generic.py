@@ -20,7 +20,7 @@ from torch import nn
 from attnreg._validation import PatternError, reject_unknown, require, require_int
 from attnreg.models.components import DecoderLayer, Embeddings, EncoderLayer, norm
 from attnreg.pattern.spec import Pattern
-from attnreg.registry import get_pattern
+from attnreg.registry import resolve_pattern
 
 CONFIG_FILE = "attnreg_config.json"
 WEIGHTS_FILE = "attnreg_model.pt"
@@ -77,9 +77,7 @@ class GenericConfig:
 
     def resolve_pattern(self) -> Pattern:
         """The encoder's pattern: the registered one built with ``pattern_params``, or the Pattern given."""
-        if isinstance(self.pattern, Pattern):
-            return self.pattern
-        return get_pattern(self.pattern, **self.pattern_params)
+        return resolve_pattern(self.pattern, self.pattern_params)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON); a Pattern object is stored as its spec."""

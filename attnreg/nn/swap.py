@@ -14,7 +14,7 @@ from torch import nn
 from attnreg._validation import PatternError, require
 from attnreg.nn.attention import PatternAttention
 from attnreg.pattern.spec import Pattern
-from attnreg.registry import get_pattern
+from attnreg.registry import resolve_pattern
 
 
 def swap(
@@ -33,16 +33,7 @@ def swap(
     parents get ``use_nested_tensor = False``: its nested-tensor fast path would bypass the pattern.
     """
     require(isinstance(model, nn.Module), "model", type(model).__name__, "expected a torch.nn.Module")
-    if isinstance(pattern, str):
-        pattern = get_pattern(pattern, **pattern_params)
-    else:
-        require(
-            not pattern_params,
-            "pattern_params",
-            sorted(pattern_params),
-            "parameters are only taken with a registered pattern name, not with a Pattern",
-        )
-        require(isinstance(pattern, Pattern), "pattern", pattern, "expected an attnreg.Pattern or a registered name")
+    pattern = resolve_pattern(pattern, pattern_params)
     targets = [
         (name, module)
         for name, module in model.named_modules()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from attnreg._validation import require
 from attnreg.pattern.spec import Pattern
 from attnreg.registry.hookspecs import hookimpl, hookspec
 from attnreg.registry.registry import (
@@ -30,6 +31,7 @@ __all__ = [
     "Registry",
     "UnknownNameError",
     "get_pattern",
+    "resolve_pattern",
     "get_registry",
     "hookimpl",
     "hookspec",
@@ -70,6 +72,21 @@ def list_patterns() -> list[str]:
 def get_pattern(name: str, **params: Any) -> Pattern:
     """The pattern ``name`` with ``params``; an unknown name lists close matches and the installed plugins."""
     return get_registry().get_pattern(name, **params)
+
+
+def resolve_pattern(pattern: Pattern | str, pattern_params: dict[str, Any]) -> Pattern:
+    """``pattern`` itself, or the registered pattern of that name built with ``pattern_params`` (which a Pattern
+    object does not take)."""
+    if isinstance(pattern, str):
+        return get_pattern(pattern, **pattern_params)
+    require(
+        not pattern_params,
+        "pattern_params",
+        sorted(pattern_params),
+        "parameters are only taken with a registered pattern name, not with a Pattern",
+    )
+    require(isinstance(pattern, Pattern), "pattern", pattern, "expected an attnreg.Pattern or a registered name")
+    return pattern
 
 
 def register_plugin(plugin: object, name: str | None = None) -> str:
