@@ -239,3 +239,10 @@ def test_selected_global_slots_put_each_examples_globals_first_in_order() -> Non
     positions, filled = SelectedGlobals.slots(mask, 2)
     assert positions.tolist() == [[1, 3], [0, 1], [0, 1]]
     assert filled.tolist() == [[True, True], [False, False], [True, False]]
+
+
+def test_aggregate_without_a_mask_counts_every_token_real() -> None:
+    hidden = torch.randn(2, 11, 3)
+    part = AggregatedGlobals(4)
+    torch.testing.assert_close(part.aggregate(hidden), part.aggregate(hidden, torch.ones(2, 11, dtype=torch.bool)))
+    assert part.aggregate(hidden).shape == (2, 2, 3)

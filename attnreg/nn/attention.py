@@ -164,11 +164,8 @@ class PatternAttention(nn.Module):
 
     def _aggregated_kv(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Aggregated tokens' keys and values ``(batch, heads, count, head_dim)``: block sums, normed, projected."""
-        batch, length, dim = x.shape
-        real = attention_mask
-        if real is None:
-            real = torch.ones(batch, length, dtype=torch.bool, device=x.device)
-        tokens = self.aggregated_norm(self.pattern.aggregated_globals.aggregate(x, real))
+        dim = x.shape[-1]
+        tokens = self.aggregated_norm(self.pattern.aggregated_globals.aggregate(x, attention_mask))
         weight = self.in_proj_weight[dim:]
         bias = None if self.in_proj_bias is None else self.in_proj_bias[dim:]
         return self._heads(tokens, weight, bias)

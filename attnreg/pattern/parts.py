@@ -126,14 +126,17 @@ class AggregatedGlobals:
         last = block_ids.max(dim=-1, keepdim=True).values
         return torch.arange(count, device=block_ids.device) <= last
 
-    def aggregate(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Sum ``(batch, length, dim)`` hidden states into ``(batch, count, dim)`` block tokens, in O(length * dim)."""
+    def aggregate(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum ``(batch, length, dim)`` hidden states into ``(batch, count, dim)`` block tokens, in O(length * dim);
+        ``attention_mask`` ``(batch, length)`` marks the real tokens (None: all of them)."""
         require(
             isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 3,
             "hidden_states.shape",
             tuple(getattr(hidden_states, "shape", ())),
             "expected (batch, length, dim)",
         )
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
         require(
             isinstance(attention_mask, torch.Tensor) and attention_mask.shape == hidden_states.shape[:2],
             "attention_mask.shape",

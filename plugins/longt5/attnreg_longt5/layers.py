@@ -179,9 +179,7 @@ class LongT5TransientGlobalAttention(_AttnregLongT5Attention, modeling_longt5.Lo
         self, hidden_states: torch.Tensor, real: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the aggregated tokens: block sums, the global norm, this layer's k/v projections."""
-        everywhere = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
-        aggregated = self.pattern.aggregated_globals.aggregate(hidden_states, everywhere if real is None else real)
-        aggregated = self.global_input_layer_norm(aggregated)
+        aggregated = self.global_input_layer_norm(self.pattern.aggregated_globals.aggregate(hidden_states, real))
         return self._project(aggregated, (self.k, self.v))
 
 
