@@ -14,6 +14,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from attnreg.bench.measure import cuda_peak_bytes
 from attnreg.testing.context import Cases, Context
 from attnreg.testing.execute import Refused, run_engine
 from attnreg.testing.inputs import block_sizes, make_inputs
@@ -62,12 +63,7 @@ def peak_bytes(ctx: Context, length: int) -> int:
         seed=ctx.seed,
     )
     if ctx.device.type == "cuda":
-        torch.cuda.synchronize(ctx.device)
-        torch.cuda.reset_peak_memory_stats(ctx.device)
-        before = torch.cuda.memory_allocated(ctx.device)
-        run_engine(ctx.engine, inputs, grad=True)
-        torch.cuda.synchronize(ctx.device)
-        return torch.cuda.max_memory_allocated(ctx.device) - before
+        return cuda_peak_bytes(lambda: run_engine(ctx.engine, inputs, grad=True), ctx.device)
     with LiveBytes() as counter:
         run_engine(ctx.engine, inputs, grad=True)
     return counter.peak
