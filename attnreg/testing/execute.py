@@ -6,11 +6,12 @@ failures) and words differences the same way (which tensor, where, by how much, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from attnreg.execution.call import make_call
+from attnreg.execution.call import AttentionCall, make_call
 from attnreg.execution.engine import Engine
 from attnreg.execution.reference import reference_attention
 from attnreg.testing.inputs import Inputs
@@ -42,13 +43,22 @@ def upstream_gradient(inputs: Inputs, seed: int = 1) -> torch.Tensor:
 
 def run_engine(engine: Engine, inputs: Inputs, *, grad: bool) -> Run:
     """Run ``engine`` on fresh leaf copies of ``inputs``; raise :class:`Refused` when it declines the call."""
-    leaves = inputs.to(inputs.dtype, requires_grad=grad)
-    with torch.set_grad_enabled(grad):
-        call = make_call(*leaves.args(), **leaves.kwargs())
+
+    def attend(call: AttentionCall) -> torch.Tensor:
         reasons = list(engine.unsupported_reasons(call))
         if reasons:
             raise Refused(reasons)
-        output = engine(call)
+        return engine(call)
+
+    return _run(attend, inputs, inputs.dtype, grad=grad)
+
+
+def _run(attend: Callable[[AttentionCall], torch.Tensor], inputs: Inputs, dtype: torch.dtype, *, grad: bool) -> Run:
+    """``attend`` on leaf copies of ``inputs`` in ``dtype``: its output and, with ``grad``, every input's gradient
+    against :func:`upstream_gradient` (zeros for an input the output does not depend on)."""
+    leaves = inputs.to(dtype, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        output = attend(make_call(*leaves.args(), **leaves.kwargs()))
         grads: dict[str, torch.Tensor] = {}
         if grad:
             (output.double() * upstream_gradient(inputs)).sum().backward()
@@ -73,21 +83,10 @@ def run_reference(inputs: Inputs, *, grad: bool) -> Run:
     key = None if inputs.key is None else (*inputs.key, grad)
     if key is not None and key in _REFERENCE_RUNS:
         return _REFERENCE_RUNS[key]
-    run = _reference(inputs, grad=grad)
+    run = _run(reference_attention, inputs, torch.float64, grad=grad)
     if key is not None:
         _REFERENCE_RUNS[key] = run
     return run
-
-
-def _reference(inputs: Inputs, *, grad: bool) -> Run:
-    exact = inputs.to(torch.float64, requires_grad=grad)
-    with torch.set_grad_enabled(grad):
-        output = reference_attention(make_call(*exact.args(), **exact.kwargs()))
-        grads: dict[str, torch.Tensor] = {}
-        if grad:
-            (output * upstream_gradient(inputs)).sum().backward()
-            grads = {name: torch.zeros_like(t) if t.grad is None else t.grad for name, t in exact.tensors.items()}
-    return Run(output.detach(), grads)
 
 
 def where(name: str, shape: torch.Size, flat_index: int) -> str:
