@@ -10,6 +10,8 @@ import argparse
 import inspect
 from typing import Any
 
+import torch
+
 from attnreg.pattern.spec import Pattern
 from attnreg.registry import get_registry
 
@@ -69,3 +71,36 @@ def pattern_params(args: argparse.Namespace) -> dict[str, Any]:
 def pattern_from_args(name: str, args: argparse.Namespace) -> Pattern:
     """Build pattern ``name`` from the options that :func:`add_pattern_options` added and the user gave."""
     return get_registry().get_pattern(name, **pattern_params(args))
+
+
+#: ``--dtype`` choices of the commands that build a call.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def add_named_command(
+    subparsers: argparse._SubParsersAction,
+    command: str,
+    *,
+    run: Any,
+    help: str,
+    description: str,
+    usage: str,
+    name_help: str,
+    options_help: str,
+) -> None:
+    """Add ``attnreg COMMAND NAME [options ...]``, whose options ``run`` parses with NAME's own parser (they depend on
+    NAME); ``-h`` before NAME is this command's help (see :func:`command_help`)."""
+    parser = subparsers.add_parser(command, help=help, description=description, usage=usage, add_help=False)
+    parser.add_argument("-h", "--help", action="store_true", help="show this help (or NAME's, after NAME) and exit")
+    parser.add_argument("name", nargs="?", help=name_help)
+    parser.add_argument("options", nargs=argparse.REMAINDER, help=options_help)
+    parser.set_defaults(func=run, command_parser=parser)
+
+
+def command_help(args: argparse.Namespace) -> int | None:
+    """For ``-h`` or a missing NAME: print the command's help and return the exit status (0, or 2 without NAME);
+    otherwise None."""
+    if args.help or args.name is None:
+        args.command_parser.print_help()
+        return 0 if args.help else 2
+    return None

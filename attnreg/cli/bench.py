@@ -12,30 +12,28 @@ import sys
 import torch
 
 from attnreg._validation import PatternError, require, require_int
-from attnreg.cli._params import add_pattern_options, pattern_params
+from attnreg.cli._params import DTYPES, add_named_command, add_pattern_options, command_help, pattern_params
 from attnreg.registry import ConflictError, PluginError, UnknownNameError, get_registry
 
 USAGE = (
     "attnreg bench NAME [--lengths 512,1024,2048] [--grad] [--batch 1] [--dtype float32] [--device cpu] "
     "[--repeats 3] [--engines a,b] [--threads N] [--plot FILE.png] [--bare] [--PATTERN-PARAMETER VALUE ...]"
 )
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_LENGTHS = "512,1024,2048"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``bench`` command."""
-    parser = subparsers.add_parser(
+    add_named_command(
+        subparsers,
         "bench",
+        run=run,
         help="time and peak memory of the engines (and transformers) by sequence length",
         description="Benchmark NAME across engines and lengths (`attnreg bench NAME --help`: its options).",
         usage=USAGE,
-        add_help=False,
+        name_help="a layer benchmark or a pattern (see `attnreg list`)",
+        options_help="benchmark options (and pattern parameters)",
     )
-    parser.add_argument("-h", "--help", action="store_true", help="show this help (or NAME's, after NAME) and exit")
-    parser.add_argument("name", nargs="?", help="a layer benchmark or a pattern (see `attnreg list`)")
-    parser.add_argument("options", nargs=argparse.REMAINDER, help="benchmark options (and pattern parameters)")
-    parser.set_defaults(func=run, bench_parser=parser)
 
 
 def _int_list(text: str) -> list[int]:
@@ -59,7 +57,8 @@ def bench_parser(name: str, *, with_pattern: bool) -> argparse.ArgumentParser:
     )
     parser.add_argument("--grad", action="store_true", help="time forward + backward (default: forward only)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="(default: float32)")
+    timed = sorted(name for name in DTYPES if name != "float64")  # transformers' layers and SDPA's kernels, not fp64
+    parser.add_argument("--dtype", choices=timed, default="float32", help="(default: float32)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement, median (default: 3)")
     parser.add_argument("--engines", help="comma-separated engines to compare (default: every registered one)")
@@ -84,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
     from attnreg.bench.runner import run_benchmark
     from attnreg.bench.table import format_table
 
-    if args.help or args.name is None:
-        args.bench_parser.print_help()
-        return 0 if args.help else 2
+    status = command_help(args)
+    if status is not None:
+        return status
     try:
         registry = get_registry()
         bare = "--bare" in args.options or args.name not in registry.benchmarks

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from attnreg._validation import PatternError, require, require_int
-from attnreg.cli._params import add_pattern_options, pattern_from_args
+from attnreg.cli._params import DTYPES, add_named_command, add_pattern_options, command_help, pattern_from_args
 from attnreg.execution import AttentionCall, make_call
 from attnreg.execution.dispatch import Verdict, judge
 from attnreg.pattern.spec import Pattern
@@ -23,22 +23,20 @@ USAGE = (
     "attnreg explain NAME [--length N] [--batch B] [--heads H] [--head-dim D] [--device D] [--dtype T] [--grad] "
     "[--globals K] [--pad P] [--PATTERN-PARAMETER VALUE ...]"
 )
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``explain`` command."""
-    parser = subparsers.add_parser(
+    add_named_command(
+        subparsers,
         "explain",
+        run=run,
         help="which engine would run a pattern, and why the others would not",
         description="Explain the dispatcher's choice for pattern NAME (`attnreg explain NAME --help`: its options).",
         usage=USAGE,
-        add_help=False,
+        name_help="a registered pattern (see `attnreg list`)",
+        options_help="call options and the pattern's parameters",
     )
-    parser.add_argument("-h", "--help", action="store_true", help="show this help (or NAME's, after NAME) and exit")
-    parser.add_argument("name", nargs="?", help="a registered pattern (see `attnreg list`)")
-    parser.add_argument("options", nargs=argparse.REMAINDER, help="call options and the pattern's parameters")
-    parser.set_defaults(func=run, explain_parser=parser)
 
 
 def call_options(parser: argparse.ArgumentParser) -> None:
@@ -137,9 +135,9 @@ def _seconds(cost: float | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the dispatcher's verdicts; 2 on a usage error (unknown name, bad option or parameter)."""
-    if args.help or args.name is None:
-        args.explain_parser.print_help()
-        return 0 if args.help else 2
+    status = command_help(args)
+    if status is not None:
+        return status
     try:
         options = pattern_parser(args.name).parse_args(args.options)
         pattern = pattern_from_args(args.name, options)

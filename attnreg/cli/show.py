@@ -12,7 +12,7 @@ import sys
 import torch
 
 from attnreg._validation import PatternError, require, require_int
-from attnreg.cli._params import add_pattern_options, pattern_from_args
+from attnreg.cli._params import add_named_command, add_pattern_options, command_help, pattern_from_args
 from attnreg.registry import ConflictError, PluginError, UnknownNameError
 
 USAGE = "attnreg show NAME [--length N] [--pad P] [--globals I,J] [--png FILE] [--PATTERN-PARAMETER VALUE ...]"
@@ -20,17 +20,16 @@ USAGE = "attnreg show NAME [--length N] [--pad P] [--globals I,J] [--png FILE] [
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``show`` command."""
-    parser = subparsers.add_parser(
+    add_named_command(
+        subparsers,
         "show",
+        run=run,
         help="draw a pattern for one example (text, or --png FILE)",
         description="Draw pattern NAME for one example. `attnreg show NAME --help` lists its parameters.",
         usage=USAGE,
-        add_help=False,
+        name_help="a registered pattern (see `attnreg list`)",
+        options_help="drawing options and the pattern's parameters",
     )
-    parser.add_argument("-h", "--help", action="store_true", help="show this help (or NAME's, after NAME) and exit")
-    parser.add_argument("name", nargs="?", help="a registered pattern (see `attnreg list`)")
-    parser.add_argument("options", nargs=argparse.REMAINDER, help="drawing options and the pattern's parameters")
-    parser.set_defaults(func=run, show_parser=parser)
 
 
 def pattern_parser(name: str) -> argparse.ArgumentParser:
@@ -58,9 +57,9 @@ def _positions(text: str) -> tuple[int, ...]:
 
 def run(args: argparse.Namespace) -> int:
     """Draw the pattern; 2 on a usage error (unknown name, bad parameter), 1 if the picture cannot be drawn."""
-    if args.help or args.name is None:
-        args.show_parser.print_help()
-        return 0 if args.help else 2
+    status = command_help(args)
+    if status is not None:
+        return status
     try:
         options = pattern_parser(args.name).parse_args(args.options)
         pattern = pattern_from_args(args.name, options)
