@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnreg._validation import require, require_int
+from attnreg._validation import require
 from attnreg.nn import PatternAttention
 from attnreg.pattern.parts import Window
 from attnreg.pattern.spec import Pattern
@@ -65,14 +65,6 @@ class FeedForward(nn.Module):
         return self.outer(self.dropout(F.gelu(self.inner(hidden))))
 
 
-def self_attention(d_model: int, n_heads: int, pattern: Pattern) -> PatternAttention:
-    """Self-attention under ``pattern`` with the parameters its parts need (bias tables, global projections, ...)."""
-    require_int("d_model", d_model, minimum=1)
-    require_int("n_heads", n_heads, minimum=1)
-    require(d_model % n_heads == 0, "n_heads", n_heads, f"must divide d_model={d_model}")
-    return PatternAttention(d_model, n_heads, pattern, dropout=0.0)
-
-
 def attend(
     attention: PatternAttention,
     hidden: torch.Tensor,
@@ -90,7 +82,6 @@ class CrossAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
-        require(d_model % n_heads == 0, "n_heads", n_heads, f"must divide d_model={d_model}")
         self.n_heads = n_heads
         self.query = nn.Linear(d_model, d_model)
         self.key_value = nn.Linear(d_model, 2 * d_model)
@@ -119,7 +110,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, d_ff: int, pattern: Pattern, *, dropout: float, norm_kind: str):
         super().__init__()
         self.attention_norm = norm(norm_kind, d_model)
-        self.attention = self_attention(d_model, n_heads, pattern)
+        self.attention = PatternAttention(d_model, n_heads, pattern)
         self.feed_forward_norm = norm(norm_kind, d_model)
         self.feed_forward = FeedForward(d_model, d_ff, dropout)
         self.dropout = nn.Dropout(dropout)
@@ -141,7 +132,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, d_ff: int, *, dropout: float, norm_kind: str):
         super().__init__()
         self.self_attention_norm = norm(norm_kind, d_model)
-        self.self_attention = self_attention(d_model, n_heads, CAUSAL)
+        self.self_attention = PatternAttention(d_model, n_heads, CAUSAL)
         self.cross_attention_norm = norm(norm_kind, d_model)
         self.cross_attention = CrossAttention(d_model, n_heads)
         self.feed_forward_norm = norm(norm_kind, d_model)
