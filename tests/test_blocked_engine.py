@@ -164,14 +164,9 @@ def test_gradcheck_fp64(name: str, eager_cpu: bool, monkeypatch: pytest.MonkeyPa
     names = list(call.tensors())
 
     def run(*tensors):
-        return blocked_attention_call(make_call_from(call, dict(zip(names, tensors, strict=True))))
+        return blocked_attention_call(replace(call, **dict(zip(names, tensors, strict=True))))
 
     assert torch.autograd.gradcheck(run, tuple(call.tensors().values()), atol=1e-6, fast_mode=True)
-
-
-def make_call_from(call, tensors: dict):
-    """``call`` with its tensors replaced by ``tensors``."""
-    return replace(call, **tensors)
 
 
 class _LargestTensor(TorchDispatchMode):

@@ -79,9 +79,12 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return input_ids, attention_mask
 
 
-def _dense_expected(model_cls, path: str, pattern: Pattern, input_ids, attention_mask) -> torch.Tensor:
+def _dense_expected(
+    model_cls, path: str, pattern: Pattern, input_ids, attention_mask, global_mask=None
+) -> torch.Tensor:
+    """The eager model's output under the pattern's dense allowed matrix, as an additive mask."""
     eager = model_cls.from_pretrained(path, attn_implementation="eager").eval()
-    allowed = pattern.materialize(LENGTH, attention_mask.bool()).allowed[:, None]
+    allowed = pattern.materialize(LENGTH, attention_mask.bool(), global_mask).allowed[:, None]
     mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
     with torch.no_grad():
         return eager(input_ids=input_ids, attention_mask=mask).last_hidden_state
@@ -207,12 +210,9 @@ def test_global_tokens_pass_through_the_model_kwargs(tmp_path, registered):
     input_ids, attention_mask = _inputs()
     global_mask = torch.zeros(2, LENGTH, dtype=torch.bool)
     global_mask[0, 0] = global_mask[1, 5] = True
-    eager = model_cls.from_pretrained(path, attn_implementation="eager").eval()
-    allowed = pattern.materialize(LENGTH, attention_mask.bool(), global_mask).allowed[:, None]
-    mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    expected = _dense_expected(model_cls, path, pattern, input_ids, attention_mask, global_mask)
     with torch.no_grad():
         got = model(input_ids=input_ids, attention_mask=attention_mask, global_mask=global_mask).last_hidden_state
-        expected = eager(input_ids=input_ids, attention_mask=mask).last_hidden_state
     real = attention_mask.bool()
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
 

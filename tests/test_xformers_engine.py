@@ -165,9 +165,14 @@ def fake_fmha(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     ops.fmha = fmha
     package = types.ModuleType("xformers")
     package.ops = ops
-    for name, module in {"xformers": package, "xformers.ops": ops, "xformers.ops.fmha": fmha, **{}}.items():
+    modules = {
+        "xformers": package,
+        "xformers.ops": ops,
+        "xformers.ops.fmha": fmha,
+        "xformers.ops.fmha.attn_bias": fmha.attn_bias,
+    }
+    for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setitem(sys.modules, "xformers.ops.fmha.attn_bias", fmha.attn_bias)
     return fmha
 
 
