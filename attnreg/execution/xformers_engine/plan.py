@@ -105,6 +105,10 @@ class _Keys:
     bias: torch.Tensor | None  # (heads, 1 or batch, groups, rows, keys)
     columns: torch.Tensor  # (1 or batch, groups, keys)
 
+    def restricted(self, where: torch.Tensor) -> _Keys:
+        """The same keys, allowed only where ``where`` (bool, broadcastable to ``allowed``) is True too."""
+        return _Keys(self.allowed & where, self.bias, self.columns)
+
 
 def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``values[b, index[b, ...]]`` for ``(batch, length)`` values and a ``(1 or batch, ...)`` index."""
@@ -162,7 +166,7 @@ def _selected_keys(
         keys = _token_keys(call, real, queries, slot_keys, lambda rel: torch.zeros_like(rel, dtype=torch.bool))
     else:
         keys = _token_keys(call, real, queries, slot_keys, lambda rel: ~window.contains(rel))
-    return _Keys(keys.allowed & valid[:, None, None, :], keys.bias, keys.columns)
+    return keys.restricted(valid[:, None, None, :])
 
 
 def _aligned_bias(call: AttentionCall, runs: list[_Keys], live_rows: torch.Tensor, fill_empty: bool) -> torch.Tensor:
@@ -262,10 +266,11 @@ def build_plan(
     if pattern.aggregated_globals is not None and call.count:
         extras_queries.append(("aggregated", lambda q: _aggregated_keys(call, real, q)))
 
+    real_rows = (real & ~global_mask)[:, None]  # the queries of the token layout that the parts answer
     if structural:
         left, right = pattern.window.span(n)
         queries = torch.arange(n, device=device)[None, None]
-        live = (real & ~global_mask)[:, None]
+        live = real_rows
         window_part = Part("window", "tokens", queries, live, queries, mask=LocalMask(left, right))
         runs_for_window: list[_Keys] = []
     else:
@@ -273,15 +278,11 @@ def build_plan(
         starts = torch.arange(groups, device=device)[:, None] * rows
         raw = starts + torch.arange(rows, device=device)
         queries = raw.clamp(max=n - 1)[None]
-        live = (raw < n)[None] & _take(real, queries) & ~_take(global_mask, queries)
         keys = (starts - left + torch.arange(span, device=device))[None]
         sees = pattern.window.contains if pattern.window is not None else (lambda rel: torch.ones_like(rel, dtype=bool))
-        runs_for_window = [_token_keys(call, real, raw[None], keys, sees)]
-        runs_for_window[0] = _Keys(
-            runs_for_window[0].allowed & ((raw < n)[None] & _take(real, queries))[..., None],
-            runs_for_window[0].bias,
-            runs_for_window[0].columns,
-        )
+        real_queries = (raw < n)[None] & _take(real, queries)
+        live = real_queries & ~_take(global_mask, queries)
+        runs_for_window = [_token_keys(call, real, raw[None], keys, sees).restricted(real_queries[..., None])]
         window_part = None
 
     merged: list[Part] = []
@@ -290,16 +291,13 @@ def build_plan(
             window_part = _part(call, "window", "tokens", queries, live, runs_for_window, fill_empty=True)
         merged.append(window_part)
         everyone = torch.arange(n, device=device)[None, None]
-        real_rows = (real & ~global_mask)[:, None]
         for name, make in extras_queries:
-            run = make(everyone)
-            run = _Keys(run.allowed & real_rows[..., None], run.bias, run.columns)
+            run = make(everyone).restricted(real_rows[..., None])
             merged.append(_part(call, name, "tokens", everyone, real_rows, [run], fill_empty=False))
     else:
         runs = list(runs_for_window)
         for _, make in extras_queries:
-            run = make(queries)
-            runs.append(_Keys(run.allowed & live[..., None], run.bias, run.columns))
+            runs.append(make(queries).restricted(live[..., None]))
         merged.append(_part(call, "window+extras", "tokens", queries, live, runs, fill_empty=True))
 
     global_rows = row_slots = None
@@ -318,7 +316,7 @@ def _global_rows_part(
     if call.pattern.aggregated_globals is not None and call.count:
         runs.append(_aggregated_keys(call, real, queries))
     live = valid[:, None, :]
-    runs = [_Keys(run.allowed & live[..., None], run.bias, run.columns) for run in runs]
+    runs = [run.restricted(live[..., None]) for run in runs]
     projections = "global" if call.has_global_projections else "tokens"
     part = _part(call, "global-rows", projections, queries, live, runs, fill_empty=True)
     slots = (torch.cumsum(global_mask.long(), dim=-1) - 1).clamp(min=0)
