@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from attnreg.execution import host
-from attnreg.execution.blocked.chunks import CHUNK_ELEMENTS, additive_mask, key_blocks, pieces, products
+from attnreg.execution.blocked.chunks import additive_mask, chunk_blocks, key_blocks, pieces, products
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def _per_head(
     qc, go = q.to(compute), inputs.grad_out.to(compute)
     kb, vb = key_blocks(k.to(compute), blocks, size, step), key_blocks(v.to(compute), blocks, size, step)
     detached = None if inputs.bias is None else inputs.bias.detach()
-    chunk = min(blocks, max(1, CHUNK_ELEMENTS // max(1, queries * size)))
+    chunk = min(blocks, chunk_blocks(queries * size))
     scratch = (q.new_empty((chunk, queries, size), dtype=compute), q.new_empty((chunk, queries, size), dtype=compute))
     runs = pieces(blocks, inputs.masked, chunk, whole_unmasked=False)
     for example in range(batch):
@@ -125,7 +125,7 @@ def _batched(
     k, v = inputs.k.to(compute), inputs.v.to(compute)
     kb, vb = key_blocks(k, blocks, size, step), key_blocks(v, blocks, size, step)
     detached = None if inputs.bias is None else inputs.bias.detach()
-    chunk = max(1, CHUNK_ELEMENTS // max(1, batch * heads * queries * size))
+    chunk = chunk_blocks(batch * heads * queries * size)
     for part, needs_mask in pieces(blocks, inputs.masked, chunk, whole_unmasked=False):
         kc, vc = (k[:, :, :size], v[:, :, :size]) if shared else (kb[:, :, part], vb[:, :, part])
         qc, go = q[:, :, part].to(compute), inputs.grad_out[:, :, part].to(compute)

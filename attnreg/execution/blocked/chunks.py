@@ -8,6 +8,11 @@ import torch
 CHUNK_ELEMENTS = 1 << 20
 
 
+def chunk_blocks(per_block: int) -> int:
+    """How many blocks one chunk holds when each block is ``per_block`` score elements (at least one)."""
+    return max(1, CHUNK_ELEMENTS // max(1, per_block))
+
+
 def key_blocks(keys: torch.Tensor, num_blocks: int, size: int, step: int) -> torch.Tensor:
     """The ``(batch, heads, num_blocks, size, dim)`` keys of each query block, a view of ``keys`` (no copy).
 

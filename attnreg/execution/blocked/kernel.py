@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from attnreg.execution.blocked.backward import BackwardInputs, blocked_backward
-from attnreg.execution.blocked.chunks import CHUNK_ELEMENTS, additive_mask, key_blocks, pieces, products
+from attnreg.execution.blocked.chunks import additive_mask, chunk_blocks, key_blocks, pieces, products
 
 
 def _mask_chunk(bias: torch.Tensor | None, valid: torch.Tensor | None, blocks: int) -> int:
@@ -21,7 +21,7 @@ def _mask_chunk(bias: torch.Tensor | None, valid: torch.Tensor | None, blocks: i
     per_block = 1
     for dim in (0, 1, 3, 4):
         per_block *= max(shape[dim] for shape in shapes)
-    return max(1, CHUNK_ELEMENTS // per_block)
+    return chunk_blocks(per_block)
 
 
 #: Fewer keys per block than this run on plain matmuls: the fused kernel's fixed cost per block then dominates
@@ -99,7 +99,7 @@ class BlockedAttention(torch.autograd.Function):
         batch, heads, blocks, queries, _ = q.shape
         kb = key_blocks(k, blocks, size, step)
         vb = key_blocks(v, blocks, size, step)
-        chunk = max(1, CHUNK_ELEMENTS // max(1, batch * heads * queries * size))
+        chunk = chunk_blocks(batch * heads * queries * size)
         flash = _flash_ok(q, size)
         # the fused kernel never materialises scores: only the mask bounds a forward chunk
         forward_chunk = _mask_chunk(bias, valid, blocks) if flash else chunk
