@@ -199,22 +199,15 @@ class Registry:
     def _load_entry_points(self) -> None:
         """Import every enabled entry point; one name that several distributions use loads none of them."""
         disabled = disabled_plugins()
-        claims: dict[str, list[tuple[metadata.EntryPoint, PluginInfo]]] = {}
+        claims: list[tuple[str, PluginInfo, tuple[metadata.EntryPoint, PluginInfo]]] = []
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = getattr(ep, "dist", None)
             info = PluginInfo(ep.name, dist.metadata["Name"] if dist else None, dist.version if dist else None)
             if info.name in disabled or (info.distribution or "") in disabled:
                 self.disabled[ep.name] = info
                 continue
-            claims.setdefault(ep.name, []).append((ep, info))
-        for name, claimed in sorted(claims.items()):
-            if len(claimed) > 1:
-                infos = tuple(sorted((info for _, info in claimed), key=lambda info: info.source))
-                self.plugin_conflicts[("plugin", name)] = Conflict("plugin", name, infos)
-                if self.strict:
-                    raise self.plugin_conflicts[("plugin", name)].error()
-                continue
-            ep, info = claimed[0]
+            claims.append((ep.name, info, (ep, info)))
+        for ep, info in self._claimed("plugin", claims, self.plugin_conflicts).values():
             try:
                 plugin = ep.load()
                 self.manager.register(plugin, name=ep.name)
@@ -297,24 +290,32 @@ class Registry:
                     registrars.pop(impl.plugin_name)
         loaded = [r for name, r in sorted(registrars.items()) if not self.plugins[name].error]
         self.conflicts = dict(self.plugin_conflicts)
-        self.patterns = self._table("pattern", [(e.name, e.plugin, e) for r in loaded for e in r.patterns])
-        self.builders = self._table("builder", [(e.name, e.plugin, e) for r in loaded for e in r.builders])
-        self.engine_table = self._table("engine", [(e.name, r.plugin, e) for r in loaded for e in r.engines])
-        self.engine_plugins = {e.name: r.plugin for r in loaded for e in r.engines if e.name in self.engine_table}
-        self.benchmarks = self._table("benchmark", [(e.name, e.plugin, e) for r in loaded for e in r.benchmarks])
+        self.patterns = self._claimed("pattern", [(e.name, e.plugin, e) for r in loaded for e in r.patterns])
+        self.builders = self._claimed("builder", [(e.name, e.plugin, e) for r in loaded for e in r.builders])
+        engines = self._claimed("engine", [(e.name, r.plugin, (e, r.plugin)) for r in loaded for e in r.engines])
+        self.engine_table = {name: engine for name, (engine, _) in engines.items()}
+        self.engine_plugins = {name: plugin for name, (_, plugin) in engines.items()}
+        self.benchmarks = self._claimed("benchmark", [(e.name, e.plugin, e) for r in loaded for e in r.benchmarks])
 
-    def _table(self, kind: str, claims: Iterable[tuple[str, PluginInfo, Any]]) -> dict[str, Any]:
+    def _claimed(
+        self,
+        kind: str,
+        claims: Iterable[tuple[str, PluginInfo, Any]],
+        conflicts: dict[tuple[str, str], Conflict] | None = None,
+    ) -> dict[str, Any]:
+        """``{name: item}`` for the names exactly one plugin claims, sorted; a name several claim goes to
+        ``conflicts`` (default: ``self.conflicts``) naming them by source, and is fatal when strict."""
+        conflicts = self.conflicts if conflicts is None else conflicts
         owners: dict[str, list[tuple[PluginInfo, Any]]] = {}
         for name, plugin, item in claims:
             owners.setdefault(name, []).append((plugin, item))
         table = {}
         for name, claimed in sorted(owners.items()):
-            plugins = tuple(dict.fromkeys(p for p, _ in claimed))
             if len(claimed) > 1:
-                conflict = Conflict(kind, name, plugins)
-                self.conflicts[(kind, name)] = conflict
+                plugins = tuple(sorted(dict.fromkeys(p for p, _ in claimed), key=lambda plugin: plugin.source))
+                conflicts[(kind, name)] = Conflict(kind, name, plugins)
                 if self.strict:
-                    raise conflict.error()
+                    raise conflicts[(kind, name)].error()
                 continue
             table[name] = claimed[0][1]
         return table
