@@ -19,7 +19,7 @@ def plot_result(result: BenchResult, path: str | Path) -> Path:
 
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label in result.labels():
-        points = [m for m in (result.get(label, n) for n in result.lengths()) if m and m.seconds is not None]
+        points = result.measured(label)
         if not points:
             continue
         lengths = [m.length for m in points]

@@ -62,6 +62,12 @@ class BenchResult:
     def get(self, label: str, length: int) -> Measurement | None:
         return next((m for m in self.measurements if m.label == label and m.length == length), None)
 
+    def measured(self, label: str) -> list[Measurement]:
+        """``label``'s timed measurements (skipped and failed ones left out), by length."""
+        return sorted(
+            (m for m in self.measurements if m.label == label and m.seconds is not None), key=lambda m: m.length
+        )
+
 
 def _predict(history: list[Measurement], label: str, length: int) -> tuple[float, float] | None:
     """Seconds and bytes at ``length`` extrapolated from the measured lengths (power law in the length)."""
@@ -122,8 +128,8 @@ def run_benchmark(
     stopped: dict[str, str] = {}
     total = len(lengths) * (len(labels) + (1 if layer else 0))
     with tqdm(total=total, desc=name, unit="run", file=sys.stderr, disable=not progress, leave=False) as bar:
+        options = {"batch": batch, "device": device, "dtype": dtype, "grad": grad, "engines": labels}
         for length in lengths:
-            options = {"batch": batch, "device": device, "dtype": dtype, "grad": grad, "engines": labels}
             if layer is not None:
                 variants = layer_variants(layer, length, **options)
             else:

@@ -79,7 +79,7 @@ def growth_lines(result: BenchResult) -> list[str]:
     """For each variant measured at two or more lengths: how time and memory grew from its first to its last length."""
     lines = []
     for label in result.labels():
-        points = [m for m in (result.get(label, n) for n in result.lengths()) if m and m.seconds is not None]
+        points = result.measured(label)
         if len(points) < 2:
             continue
         first, last = points[0], points[-1]
