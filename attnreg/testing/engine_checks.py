@@ -59,6 +59,16 @@ def matches_reference(ctx: Context) -> tuple[str, str]:
     return cases.verdict()
 
 
+def _leak(values: torch.Tensor, padded: torch.Tensor, what: str, suffix: str) -> str | None:
+    """Where ``values`` ``(batch, heads, length, dim)`` is largest at a ``padded`` ``(batch, length)`` position, if
+    it is not exactly zero there: ``"{what} {position} of example {b} is {value}{suffix}"``."""
+    leaked = values.abs().amax(dim=(1, 3))[padded]
+    if not leaked.numel() or float(leaked.max()) == 0.0:
+        return None
+    b, position = padded.nonzero()[int(leaked.argmax())].tolist()
+    return f"{what} {position} of example {b} is {float(leaked.max()):.3g}{suffix}"
+
+
 def padding(ctx: Context) -> tuple[str, str]:
     """Padded queries give exact zeros and padded keys get no gradient; an all-padding example is zeros, not NaN."""
     cases = Cases()
@@ -71,16 +81,10 @@ def padding(ctx: Context) -> tuple[str, str]:
         problems = [non_finite("output", got.output)]
         problems += [non_finite(f"grad {name}", grad) for name, grad in got.grads.items()]
         padded = ~inputs.attention_mask
-        leaked = got.output.abs().amax(dim=(1, 3))[padded]
-        if leaked.numel() and float(leaked.max()) != 0.0:
-            b, i = padded.nonzero()[int(leaked.argmax())].tolist()
-            problems.append(f"output at padded query {i} of example {b} is {float(leaked.max()):.3g}, expected 0")
+        problems.append(_leak(got.output, padded, "output at padded query", ", expected 0"))
         for name in ("k", "v", "global_k", "global_v"):
             if name in got.grads:
-                seen = got.grads[name].abs().amax(dim=(1, 3))[padded]
-                if seen.numel() and float(seen.max()) != 0.0:
-                    b, j = padded.nonzero()[int(seen.argmax())].tolist()
-                    problems.append(f"grad {name} at padded key {j} of example {b} is {float(seen.max()):.3g}: seen")
+                problems.append(_leak(got.grads[name], padded, f"grad {name} at padded key", ": seen"))
         problems = [p for p in problems if p]
         if problems:
             cases.failed(label, problems)
