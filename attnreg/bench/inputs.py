@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from attnreg._validation import require, require_int
+from attnreg.execution.call import as_keywords, part_tensor_shapes
 from attnreg.pattern.spec import Pattern
 
 
@@ -65,16 +66,15 @@ def random_inputs(
             count = min(num_globals - (b % 2), length - pad)
             chosen[b, torch.randperm(length - pad, generator=generator)[:count]] = True
         inputs["global_mask"] = chosen.to(device)
-        if pattern.selected_globals.own_projections:
-            inputs["global_qkv"] = (tensor(*shape), tensor(*shape), tensor(*shape))
-    if pattern.aggregated_globals is not None:
-        count = pattern.aggregated_count(length)
-        inputs["aggregated_kv"] = (tensor(batch, heads, count, head_dim), tensor(batch, heads, count, head_dim))
-    if pattern.bias is not None:
-        inputs["bias_weight"] = tensor(pattern.bias.num_buckets, heads, scale=0.5)
-    if pattern.aggregated_bias is not None:
-        inputs["aggregated_bias_weight"] = tensor(pattern.aggregated_bias.num_buckets, heads, scale=0.5)
-    return inputs
+    parts = part_tensor_shapes(
+        pattern, batch=batch, heads=heads, length=length, head_dim=head_dim, global_projections=bool(num_globals)
+    )
+    # bias tables at half scale: scores of the same order as q·k, not dominated by the bias
+    made = {
+        name: tensor(*part_shape, scale=0.5 if name.endswith("bias_weight") else 1.0)
+        for name, part_shape in parts.items()
+    }
+    return {**inputs, **as_keywords(made)}
 
 
 def leaves(inputs: dict[str, Any]) -> list[torch.Tensor]:

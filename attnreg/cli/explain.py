@@ -15,6 +15,7 @@ import torch
 from attnreg._validation import PatternError, require, require_int
 from attnreg.cli._params import DTYPES, add_named_command, add_pattern_options, command_help, pattern_from_args
 from attnreg.execution import AttentionCall, make_call
+from attnreg.execution.call import as_keywords, part_tensor_shapes
 from attnreg.execution.dispatch import Verdict, judge
 from attnreg.pattern.spec import Pattern
 from attnreg.registry import ConflictError, PluginError, UnknownNameError, get_registry
@@ -97,15 +98,15 @@ def describe_call(pattern: Pattern, options: argparse.Namespace) -> tuple[Attent
     if options.globals:
         require(pattern.selected_globals is not None, "--globals", options.globals, "pattern has no selected globals")
         inputs["global_mask"] = (torch.arange(n, device=place) < options.globals).expand(batch, n)
-        if pattern.selected_globals.own_projections:
-            inputs["global_qkv"] = (tensor(*shape), tensor(*shape), tensor(*shape))
-    if pattern.aggregated_globals is not None:
-        count = pattern.aggregated_count(n)
-        inputs["aggregated_kv"] = (tensor(batch, options.heads, count, options.head_dim),) * 2
-    if pattern.bias is not None:
-        inputs["bias_weight"] = tensor(pattern.bias.num_buckets, options.heads)
-    if pattern.aggregated_bias is not None:
-        inputs["aggregated_bias_weight"] = tensor(pattern.aggregated_bias.num_buckets, options.heads)
+    parts = part_tensor_shapes(
+        pattern,
+        batch=batch,
+        heads=options.heads,
+        length=n,
+        head_dim=options.head_dim,
+        global_projections=bool(options.globals),
+    )
+    inputs.update(as_keywords({name: tensor(*part_shape) for name, part_shape in parts.items()}))
     call = make_call(tensor(*shape), tensor(*shape), tensor(*shape), pattern, **inputs)
     if assumed:
         fields = {name: getattr(call, name) for name in call.__dataclass_fields__}

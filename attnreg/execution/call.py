@@ -24,6 +24,37 @@ TENSOR_NAMES = (
 )
 
 
+def part_tensor_shapes(
+    pattern: Pattern, *, batch: int, heads: int, length: int, head_dim: int, global_projections: bool = True
+) -> dict[str, tuple[int, ...]]:
+    """The shapes of the tensors ``pattern``'s parts take beyond q, k and v, by name, in :data:`TENSOR_NAMES` order:
+    global projections (own projections, with ``global_projections``), aggregated keys and values, bias tables."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    selected = pattern.selected_globals
+    if selected is not None and selected.own_projections and global_projections:
+        shapes.update(dict.fromkeys(("global_q", "global_k", "global_v"), (batch, heads, length, head_dim)))
+    if pattern.aggregated_globals is not None:
+        count = pattern.aggregated_count(length)
+        shapes.update(dict.fromkeys(("aggregated_k", "aggregated_v"), (batch, heads, count, head_dim)))
+    if pattern.bias is not None:
+        shapes["bias_weight"] = (pattern.bias.num_buckets, heads)
+    if pattern.aggregated_bias is not None:
+        shapes["aggregated_bias_weight"] = (pattern.aggregated_bias.num_buckets, heads)
+    return shapes
+
+
+def as_keywords(tensors: dict[str, torch.Tensor]) -> dict[str, object]:
+    """Part tensors by name (as :func:`part_tensor_shapes` names them) as ``attnreg.attention``'s keywords:
+    ``global_qkv`` and ``aggregated_kv`` tuples, the bias tables as they are."""
+    keywords: dict[str, object] = {}
+    if "global_q" in tensors:
+        keywords["global_qkv"] = (tensors["global_q"], tensors["global_k"], tensors["global_v"])
+    if "aggregated_k" in tensors:
+        keywords["aggregated_kv"] = (tensors["aggregated_k"], tensors["aggregated_v"])
+    keywords.update({name: tensors[name] for name in ("bias_weight", "aggregated_bias_weight") if name in tensors})
+    return keywords
+
+
 @dataclass(frozen=True)
 class AttentionCall:
     """One pattern applied to ``(batch, heads, length, head_dim)`` queries, keys and values, inputs checked.

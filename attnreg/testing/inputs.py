@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from attnreg.execution.call import as_keywords, part_tensor_shapes
 from attnreg.pattern.spec import Pattern
 
 #: Inputs indexed by token position along dim 2 (the rest are tables or aggregated keys).
@@ -47,16 +48,7 @@ class Inputs:
 
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``attnreg.attention`` (and ``make_call``)."""
-        t = self.tensors
-        kwargs: dict[str, Any] = {"attention_mask": self.attention_mask, "global_mask": self.global_mask}
-        if "global_q" in t:
-            kwargs["global_qkv"] = (t["global_q"], t["global_k"], t["global_v"])
-        if "aggregated_k" in t:
-            kwargs["aggregated_kv"] = (t["aggregated_k"], t["aggregated_v"])
-        for name in ("bias_weight", "aggregated_bias_weight"):
-            if name in t:
-                kwargs[name] = t[name]
-        return kwargs
+        return {"attention_mask": self.attention_mask, "global_mask": self.global_mask, **as_keywords(self.tensors)}
 
     def to(self, dtype: torch.dtype, *, requires_grad: bool = False) -> Inputs:
         """Fresh leaf copies in ``dtype`` (optionally requiring grad); masks shared."""
@@ -136,15 +128,8 @@ def make_inputs(
     global_mask = None
     if pattern.selected_globals is not None:
         global_mask = global_masks(attention_mask, generator)
-        if pattern.selected_globals.own_projections:
-            tensors.update({name: randn(*shape) for name in ("global_q", "global_k", "global_v")})
-    if pattern.aggregated_globals is not None:
-        count = pattern.aggregated_count(length)
-        tensors.update({name: randn(batch, heads, count, head_dim) for name in ("aggregated_k", "aggregated_v")})
-    if pattern.bias is not None:
-        tensors["bias_weight"] = randn(pattern.bias.num_buckets, heads)
-    if pattern.aggregated_bias is not None:
-        tensors["aggregated_bias_weight"] = randn(pattern.aggregated_bias.num_buckets, heads)
+    parts = part_tensor_shapes(pattern, batch=batch, heads=heads, length=length, head_dim=head_dim)
+    tensors.update({name: randn(*part_shape) for name, part_shape in parts.items()})
     key = (pattern, batch, length, heads, head_dim, dtype, str(device), padding, all_padding_row, seed)
     return Inputs(pattern, tensors, attention_mask, global_mask, key)
 
