@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 import attnreg
 from attnreg import AggregatedGlobals, Pattern, RelativePositionBias, SelectedGlobals, Window
-from attnreg.bench.inputs import random_inputs
+from attnreg.bench.inputs import leaves, random_inputs
 
 BIAS = RelativePositionBias(num_buckets=8, max_distance=16)
 
@@ -39,3 +41,14 @@ def run(inputs: dict, pattern: Pattern, backend: str) -> torch.Tensor:
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
     rest = {key: value for key, value in inputs.items() if key not in ("q", "k", "v")}
     return attnreg.attention(q, k, v, pattern, backend=backend, **rest)
+
+
+def gradients(inputs: dict, forward: Callable[[], torch.Tensor]) -> list[torch.Tensor]:
+    """The gradients of ``inputs``' trainable tensors (``leaves`` order) for ``forward()``'s output weighted by a
+    fixed ramp over its last dimension; the inputs' ``.grad`` are cleared afterwards."""
+    out = forward()
+    (out * torch.linspace(-1, 1, out.shape[-1], device=out.device)).sum().backward()
+    found = [t.grad.clone() for t in leaves(inputs)]
+    for t in leaves(inputs):
+        t.grad = None
+    return found

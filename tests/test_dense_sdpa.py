@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pattern_cases import PATTERNS, case_inputs, run
-
-from attnreg.bench.inputs import leaves
+from pattern_cases import PATTERNS, case_inputs, gradients, run
 
 
 @pytest.mark.parametrize("name", sorted(PATTERNS))
@@ -21,13 +19,10 @@ def test_forward_matches_reference(name: str, length: int) -> None:
 @pytest.mark.parametrize("name", sorted(PATTERNS))
 def test_backward_matches_reference(name: str) -> None:
     inputs = case_inputs(name, requires_grad=True)
-    grads = {}
-    for backend in ("reference", "dense-sdpa"):
-        out = run(inputs, PATTERNS[name], backend)
-        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
-        grads[backend] = [t.grad.clone() for t in leaves(inputs)]
-        for t in leaves(inputs):
-            t.grad = None
+    grads = {
+        backend: gradients(inputs, lambda b=backend: run(inputs, PATTERNS[name], b))
+        for backend in ("reference", "dense-sdpa")
+    }
     for expected, actual in zip(grads["reference"], grads["dense-sdpa"], strict=True):
         torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
 

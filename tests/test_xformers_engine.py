@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from pattern_cases import PATTERNS, case_inputs, run
+from pattern_cases import PATTERNS, case_inputs, gradients, run
 
 import attnreg
-from attnreg.bench.inputs import leaves
 from attnreg.execution import make_call
 from attnreg.execution.xformers_engine import (
     Features,
@@ -197,21 +196,15 @@ def test_engine_forward_on_stand_in_matches_reference(fake_fmha, name: str, leng
 def test_engine_backward_on_stand_in_matches_reference(fake_fmha, name: str) -> None:
     inputs = case_inputs(name, requires_grad=True)
     pattern = PATTERNS[name]
-    expected_out = run(inputs, pattern, "reference")
-    weights = torch.linspace(-1, 1, expected_out.shape[-1])
-    (expected_out * weights).sum().backward()
-    expected = [t.grad.clone() for t in leaves(inputs)]
-    for t in leaves(inputs):
-        t.grad = None
+    expected = gradients(inputs, lambda: run(inputs, pattern, "reference"))
     call = make_call(
         **{k: v for k, v in inputs.items() if k in ("q", "k", "v")},
         pattern=pattern,
         **{k: v for k, v in inputs.items() if k not in ("q", "k", "v")},
     )
     assert strategy(call, ALL_FEATURES)[0] is False, "a call that needs gradients must not use partial attention"
-    out = xformers_attention(call, fake_fmha, ALL_FEATURES, block=4)
-    (out * weights).sum().backward()
-    for want, got in zip(expected, [t.grad for t in leaves(inputs)], strict=True):
+    actual = gradients(inputs, lambda: xformers_attention(call, fake_fmha, ALL_FEATURES, block=4))
+    for want, got in zip(expected, actual, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
@@ -288,13 +281,7 @@ def test_real_xformers_matches_reference(name: str, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("name", sorted(PATTERNS))
 def test_real_xformers_gradients_match_reference(name: str) -> None:
     inputs = case_inputs(name, 200, device="cuda", requires_grad=True)
-    grads = {}
-    for backend in ("reference", "xformers"):
-        out = run(inputs, PATTERNS[name], backend)
-        (out * torch.linspace(-1, 1, out.shape[-1], device="cuda")).sum().backward()
-        grads[backend] = [t.grad.clone() for t in leaves(inputs)]
-        for t in leaves(inputs):
-            t.grad = None
+    grads = {b: gradients(inputs, lambda b=b: run(inputs, PATTERNS[name], b)) for b in ("reference", "xformers")}
     for expected, actual in zip(grads["reference"], grads["xformers"], strict=True):
         torch.testing.assert_close(actual, expected, atol=2e-4, rtol=2e-3)
 
