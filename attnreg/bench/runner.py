@@ -147,30 +147,35 @@ def run_benchmark(
 def _measure(
     variant: Variant, length: int, history: list[Measurement], stopped: dict[str, str], result: BenchResult
 ) -> Measurement:
-    """Measure one variant at one length, or say why not."""
+    """Measure one variant at one length, or say why not (a variant stopped once stays stopped at longer lengths)."""
     label = variant.label
     if label in stopped:
         return Measurement(length, label, note=stopped[label].split(":")[0] + " (as above)")
-    predicted = _predict(history, label, length)
-    if predicted is None and label in _QUADRATIC and length > _BLIND_QUADRATIC_LIMIT:
-        stopped[label] = f"skipped: quadratic, not started above {_BLIND_QUADRATIC_LIMIT} without a shorter run"
-        return Measurement(length, label, note=stopped[label])
-    if predicted is not None:
-        seconds, memory = predicted
-        if seconds * (result.repeats + 1) > result.max_seconds:
-            stopped[label] = f"skipped: ~{seconds:.0f} s per run predicted"
-            return Measurement(length, label, note=stopped[label])
-        if memory > _MEMORY_SHARE * available_bytes(result.device):
-            stopped[label] = f"skipped: ~{memory / 2**30:.1f} GiB predicted"
-            return Measurement(length, label, note=stopped[label])
-    try:
-        peak = peak_bytes(variant.run, result.device)
-        seconds = median_seconds(variant.run, result.device, repeats=result.repeats, warmup=0)
-    except PatternError as error:  # an engine that cannot run this call (the message says why)
-        stopped[label] = f"n/a: {_short(error)}"
-        return Measurement(length, label, note=stopped[label])
-    except (RuntimeError, MemoryError) as error:
-        if result.device.type == "cuda":
-            torch.cuda.empty_cache()
-        return Measurement(length, label, note=f"failed: {_short(error)}")
-    return Measurement(length, label, seconds, peak)
+    reason = _skip_reason(label, length, _predict(history, label, length), result)
+    if reason is None:
+        try:
+            peak = peak_bytes(variant.run, result.device)
+            seconds = median_seconds(variant.run, result.device, repeats=result.repeats, warmup=0)
+            return Measurement(length, label, seconds, peak)
+        except PatternError as error:  # an engine that cannot run this call (the message says why)
+            reason = f"n/a: {_short(error)}"
+        except (RuntimeError, MemoryError) as error:
+            if result.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return Measurement(length, label, note=f"failed: {_short(error)}")
+    stopped[label] = reason
+    return Measurement(length, label, note=reason)
+
+
+def _skip_reason(label: str, length: int, predicted: tuple[float, float] | None, result: BenchResult) -> str | None:
+    """Why not to start ``label`` at ``length``: predicted too slow or too large, or quadratic with no prediction."""
+    if predicted is None:
+        if label in _QUADRATIC and length > _BLIND_QUADRATIC_LIMIT:
+            return f"skipped: quadratic, not started above {_BLIND_QUADRATIC_LIMIT} without a shorter run"
+        return None
+    seconds, memory = predicted
+    if seconds * (result.repeats + 1) > result.max_seconds:
+        return f"skipped: ~{seconds:.0f} s per run predicted"
+    if memory > _MEMORY_SHARE * available_bytes(result.device):
+        return f"skipped: ~{memory / 2**30:.1f} GiB predicted"
+    return None
