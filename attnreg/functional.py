@@ -25,6 +25,8 @@ def attention(
     bias_weight: torch.Tensor | None = None,
     aggregated_bias_weight: torch.Tensor | None = None,
     max_globals: int | None = None,
+    dropout_p: float = 0.0,
+    dropout_mask: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Attention of ``(batch, heads, length, head_dim)`` queries, keys and values under ``pattern``.
@@ -35,6 +37,11 @@ def attention(
     pattern's relative-position biases. ``max_globals`` bounds the global tokens of an example: the fast engines
     then read nothing back from the device (no CUDA sync; ``torch.compile`` traces them). ``backend`` names an
     engine; one that cannot run the call is an error that says why. Padded queries give zeros.
+
+    ``dropout_p`` is dropout of the attention probabilities, as ``scaled_dot_product_attention``'s: inverted dropout
+    on the final normalised weights over all of a query's keys, applied whenever it is > 0 (a module passes 0 in
+    eval mode), keep flags from torch's default generator. ``dropout_mask`` ``(batch, heads, length, length +
+    count)`` bool gives the keep flags instead of drawing them (O(length²): for comparing engines exactly).
     """
     call = make_call(
         q,
@@ -48,6 +55,8 @@ def attention(
         bias_weight=bias_weight,
         aggregated_bias_weight=aggregated_bias_weight,
         max_globals=max_globals,
+        dropout_p=dropout_p,
+        dropout_mask=dropout_mask,
     )
     return choose(call, get_registry().engines(), backend)(call)
 
@@ -62,7 +71,8 @@ def attention_weights(
     """The output and the dense attention weights ``(batch, heads, length, length + count)``, from the reference.
 
     Takes the same keyword inputs as :func:`attention` (no ``backend``). O(length²): for ``output_attentions``,
-    inspection and tests, never the fast path. Keys are the tokens followed by the aggregated tokens.
+    inspection and tests, never the fast path. Keys are the tokens followed by the aggregated tokens. With
+    ``dropout_p`` the weights are the dropped ones the output was computed from (as transformers returns them).
     """
     require("backend" not in inputs, "backend", inputs.get("backend"), "attention_weights always uses the reference")
     weights, output = reference_weights(make_call(q, k, v, pattern, **inputs))

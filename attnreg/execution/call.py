@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from attnreg._validation import PatternError, describe, require
+from attnreg.execution.dropout import AttentionDropout, make_dropout
 from attnreg.pattern.spec import Pattern
 
 #: The floating inputs of a call, which engines may differentiate, in the order they are reported.
@@ -64,7 +65,8 @@ class AttentionCall:
     - ``global_q/k/v``: the global rows' own projections, shaped as ``q`` (selected globals with own projections);
     - ``aggregated_k/v``: ``(batch, heads, count, head_dim)`` keys and values of the aggregated tokens;
     - ``bias_weight`` / ``aggregated_bias_weight``: ``(num_buckets, heads)`` learned relative-position tables;
-    - ``max_globals``: a bound on selected global tokens per example, or ``None`` (see :meth:`global_slots`).
+    - ``max_globals``: a bound on selected global tokens per example, or ``None`` (see :meth:`global_slots`);
+    - ``dropout``: dropout of the attention probabilities, or ``None`` (see :class:`AttentionDropout`).
     """
 
     q: torch.Tensor
@@ -81,6 +83,7 @@ class AttentionCall:
     bias_weight: torch.Tensor | None = None
     aggregated_bias_weight: torch.Tensor | None = None
     max_globals: int | None = None
+    dropout: AttentionDropout | None = None
 
     @property
     def batch(self) -> int:
@@ -161,6 +164,8 @@ def make_call(
     bias_weight: torch.Tensor | None = None,
     aggregated_bias_weight: torch.Tensor | None = None,
     max_globals: int | None = None,
+    dropout_p: float = 0.0,
+    dropout_mask: torch.Tensor | None = None,
 ) -> AttentionCall:
     """Check every input against ``pattern`` and each other; errors name the argument, value and what is allowed."""
     require(isinstance(pattern, Pattern), "pattern", pattern, "expected an attnreg.Pattern (see attnreg.get_pattern)")
@@ -222,6 +227,10 @@ def make_call(
 
     bias_weight = _check_bias("bias_weight", bias_weight, pattern.bias, q)
     aggregated_bias_weight = _check_bias("aggregated_bias_weight", aggregated_bias_weight, pattern.aggregated_bias, q)
+    keys = length + (0 if aggregated_k is None else aggregated_k.shape[2])
+    dropout = make_dropout(
+        dropout_p, dropout_mask, batch=batch, heads=heads, length=length, keys=keys, device=q.device
+    )
     return AttentionCall(
         q=q,
         k=k,
@@ -237,6 +246,7 @@ def make_call(
         bias_weight=bias_weight,
         aggregated_bias_weight=aggregated_bias_weight,
         max_globals=max_globals,
+        dropout=dropout,
     )
 
 

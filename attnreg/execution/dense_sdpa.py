@@ -64,10 +64,11 @@ def dense_sdpa_attention(call: AttentionCall) -> torch.Tensor:
     layout = call.pattern.materialize(call.length, call.attention_mask, call.global_mask, device=call.device)
     mask, empty = dense_mask(call, layout)
     k, v = call.with_aggregated(call.k, call.v)
-    out = F.scaled_dot_product_attention(call.q, k, v, attn_mask=mask, scale=call.scale)
+    options = {"attn_mask": mask, "dropout_p": 0.0 if call.dropout is None else call.dropout.p, "scale": call.scale}
+    out = F.scaled_dot_product_attention(call.q, k, v, **options)
     if call.has_global_projections:
         gk, gv = call.with_aggregated(call.global_k, call.global_v)
-        global_out = F.scaled_dot_product_attention(call.global_q, gk, gv, attn_mask=mask, scale=call.scale)
+        global_out = F.scaled_dot_product_attention(call.global_q, gk, gv, **options)
         out = torch.where(layout.global_rows[:, None, :, None], global_out, out)
     return out.masked_fill(empty, 0.0)
 
@@ -77,6 +78,8 @@ class DenseSdpaEngine(Engine):
 
     name = "dense-sdpa"
     description = "dense 4-D mask + bias into torch's scaled_dot_product_attention; O(n^2), best for short inputs"
+    #: SDPA's own ``dropout_p`` (its own draws: explicit keep flags are refused).
+    supports_dropout = True
 
     def unsupported_reasons(self, call: AttentionCall) -> list[str]:
         return []

@@ -29,10 +29,22 @@ class Verdict:
         return not self.reasons
 
 
+def capability_reasons(engine: Engine, call: AttentionCall) -> list[str]:
+    """Why ``engine``'s declared capabilities do not cover ``call`` (dropout, explicit keep flags)."""
+    if call.dropout is None:
+        return []
+    if not engine.supports_dropout:
+        return [f"no attention dropout (dropout_p={call.dropout.p}); run with dropout_p=0 or on another engine"]
+    if call.dropout.keep is not None and not engine.supports_dropout_mask:
+        return ["it draws its own dropout keep flags and cannot take dropout_mask"]
+    return []
+
+
 def refusals(engine: Engine, call: AttentionCall) -> tuple[str, ...]:
-    """Why ``engine`` cannot run ``call``: its own reasons, plus, while torch.compile traces, why it cannot be traced
-    (:meth:`Engine.untraceable_reasons`, never asked outside tracing)."""
-    reasons = list(engine.unsupported_reasons(call))
+    """Why ``engine`` cannot run ``call``: its declared capabilities, its own reasons, plus, while torch.compile
+    traces, why it cannot be traced (:meth:`Engine.untraceable_reasons`, never asked outside tracing)."""
+    reasons = capability_reasons(engine, call)
+    reasons.extend(engine.unsupported_reasons(call))
     if torch.compiler.is_compiling():
         reasons.extend(f"under torch.compile: {reason}" for reason in engine.untraceable_reasons(call))
     return tuple(reasons)

@@ -23,6 +23,10 @@ class Engine(ABC):
     #: Picked automatically only when no other engine supports the call (``backend=`` still names it): the
     #: reference is the tests' ground truth, and its estimate can undercut the fast engines on tiny inputs.
     last_resort: bool = False
+    #: Whether the engine applies attention-probability dropout (``call.dropout``); the dispatcher refuses it otherwise.
+    supports_dropout: bool = False
+    #: Whether it takes explicit keep flags (``call.dropout.keep``) instead of drawing its own.
+    supports_dropout_mask: bool = False
 
     @abstractmethod
     def unsupported_reasons(self, call: AttentionCall) -> list[str]:

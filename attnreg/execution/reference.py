@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from attnreg.execution.call import AttentionCall
+from attnreg.execution.dropout import draw_keep
 from attnreg.execution.engine import Engine
 
 
@@ -18,7 +19,10 @@ def softmax_rows(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
 
 
 def reference_weights(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention weights ``(batch, heads, length, length + count)`` and the output, both from the dense layout."""
+    """Attention weights ``(batch, heads, length, length + count)`` and the output, both from the dense layout.
+
+    With dropout, the weights are the dropped ones (kept weights scaled by ``1 / (1 - p)``) the output comes from.
+    """
     layout = call.pattern.materialize(call.length, call.attention_mask, call.global_mask, device=call.device)
     compute = torch.promote_types(call.dtype, torch.float32)  # softmax in fp32 (fp64 stays fp64)
     bias = None
@@ -26,20 +30,27 @@ def reference_weights(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
         bias = layout.bias(call.bias_weight, call.aggregated_bias_weight, call.heads).to(compute)
     allowed = layout.allowed[:, None]
 
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = call.with_aggregated(k, v)
+    def softmax(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         scores = (q.to(compute) @ k.to(compute).transpose(-1, -2)) * call.scale
         if bias is not None:
             scores = scores + bias
-        weights = softmax_rows(scores, allowed)
-        return weights, weights @ v.to(compute)
+        return softmax_rows(scores, allowed)
 
-    weights, out = attend(call.q, call.k, call.v)
+    k, v = call.with_aggregated(call.k, call.v)
+    weights = softmax(call.q, k)
+    rows = global_v = None
     if call.has_global_projections:
-        global_weights, global_out = attend(call.global_q, call.global_k, call.global_v)
         rows = layout.global_rows[:, None, :, None]
-        weights = torch.where(rows, global_weights, weights)
-        out = torch.where(rows, global_out, out)
+        global_k, global_v = call.with_aggregated(call.global_k, call.global_v)
+        weights = torch.where(rows, softmax(call.global_q, global_k), weights)
+    if call.dropout is not None:
+        keep = call.dropout.keep
+        if keep is None:
+            keep = draw_keep(tuple(weights.shape), call.dropout.p, call.device)
+        weights = weights * keep * call.dropout.scale
+    out = weights @ v.to(compute)
+    if rows is not None:
+        out = torch.where(rows, weights @ global_v.to(compute), out)
     return weights, out.to(call.dtype)
 
 
@@ -54,6 +65,8 @@ class ReferenceEngine(Engine):
     name = "reference"
     description = "dense materialised mask and bias, O(n^2); the ground truth"
     last_resort = True
+    supports_dropout = True
+    supports_dropout_mask = True
 
     def unsupported_reasons(self, call: AttentionCall) -> list[str]:
         return []

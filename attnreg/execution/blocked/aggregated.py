@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from attnreg.execution.blocked.dropped import BlockDropout
 from attnreg.execution.blocked.kernel import blocked_attention
 from attnreg.execution.blocked.layout import Blocks, cached, table_dtype
 from attnreg.execution.blocked.merge import Part
@@ -37,8 +38,12 @@ def _bias(call: AttentionCall, query_block: torch.Tensor) -> torch.Tensor | None
     return values.movedim(-1, 1)
 
 
-def _attend(call: AttentionCall, q: torch.Tensor, bias: torch.Tensor | None, last: torch.Tensor):
-    """``q`` blocks against the aggregated keys; keys past ``last`` are masked (into the bias when there is one)."""
+def _attend(
+    call: AttentionCall, q: torch.Tensor, bias: torch.Tensor | None, last: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q`` blocks against the aggregated keys; keys past ``last`` are masked (into the bias when there is one).
+
+    ``rows``: the queries' positions ``(batch|1, blocks, queries)``, for explicit dropout keep flags."""
     valid = (torch.arange(call.count, device=call.device) <= last)[:, None, None, None, :]
     if bias is not None:
         bias, valid = bias.masked_fill(~valid, float("-inf")), None
@@ -51,6 +56,9 @@ def _attend(call: AttentionCall, q: torch.Tensor, bias: torch.Tensor | None, las
         scale=call.scale,
         bias=bias,
         valid=valid,
+        dropout=BlockDropout.of(
+            call.dropout, lambda: (rows, call.length + torch.arange(call.count, device=call.device)[None, None, None])
+        ),
     )
 
 
@@ -60,7 +68,8 @@ def aggregated_part(call: AttentionCall, real: torch.Tensor) -> Part:
     last = last_block(call, real)
     group_block = torch.minimum(torch.arange(groups.count, device=call.device), last)  # (batch, groups)
     bias = _bias(call, group_block)
-    out, lse = _attend(call, groups.split(call.q), None if bias is None else bias.unsqueeze(-2), last)
+    rows = groups.positions(call.device)[None]
+    out, lse = _attend(call, groups.split(call.q), None if bias is None else bias.unsqueeze(-2), last, rows)
     return Part(groups.join(out), groups.join(lse), (last >= 0)[:, :, None])
 
 
@@ -69,5 +78,5 @@ def aggregated_slot_part(call: AttentionCall, real: torch.Tensor, q: torch.Tenso
     last = last_block(call, real)
     query_block = torch.minimum(positions // call.pattern.aggregated_globals.global_block_size, last)
     bias = _bias(call, query_block)
-    out, lse = _attend(call, q[:, :, None], None if bias is None else bias[:, :, None], last)
+    out, lse = _attend(call, q[:, :, None], None if bias is None else bias[:, :, None], last, positions[:, None])
     return Part(out[:, :, 0], lse[:, :, 0], (last >= 0)[:, :, None])

@@ -15,11 +15,16 @@ import torch
 
 from attnreg.execution import host
 from attnreg.execution.blocked.chunks import additive_mask, chunk_blocks, key_blocks, pieces, products
+from attnreg.execution.dropout import unpack_bits
 
 
 @dataclass(frozen=True)
 class BackwardInputs:
-    """What the forward saved and the layout it ran with, plus the incoming gradients (``grad_lse`` may be None)."""
+    """What the forward saved and the layout it ran with, plus the incoming gradients (``grad_lse`` may be None).
+
+    With dropout, ``keep`` holds the packed keep flags ``(batch, heads, blocks, bytes)`` and ``keep_scale`` what a kept
+    weight was multiplied by; both are None without.
+    """
 
     q: torch.Tensor
     k: torch.Tensor
@@ -34,6 +39,21 @@ class BackwardInputs:
     step: int
     scale: float
     masked: tuple[bool, ...] | None
+    keep: torch.Tensor | None = None
+    keep_scale: float | None = None
+
+    def grad_out_in(self, compute: torch.dtype) -> torch.Tensor:
+        """The output gradient in ``compute``, times the keep scale with dropout (every use is on kept weights)."""
+        grad = self.grad_out.to(compute)
+        return grad if self.keep_scale is None else grad * self.keep_scale
+
+    def keep_flags(self, examples: slice | int, heads: slice | int, part: slice) -> torch.Tensor | None:
+        """The unpacked keep flags of blocks ``part`` for ``examples`` and ``heads``, shaped as their scores."""
+        if self.keep is None:
+            return None
+        queries = self.q.shape[3]
+        flags = unpack_bits(self.keep[examples, heads, part], queries * self.size)
+        return flags.unflatten(-1, (queries, self.size))
 
 
 @dataclass
@@ -84,7 +104,7 @@ def _per_head(
     stride, as BLAS wants), gradients contiguous so that each block's key rows are one batched matmul's output."""
     q, k, v, size, step = inputs.q, inputs.k, inputs.v, inputs.size, inputs.step
     batch, heads, blocks, queries, _ = q.shape
-    qc, go = q.to(compute), inputs.grad_out.to(compute)
+    qc, go = q.to(compute), inputs.grad_out_in(compute)
     kb, vb = key_blocks(k.to(compute), blocks, size, step), key_blocks(v.to(compute), blocks, size, step)
     detached = None if inputs.bias is None else inputs.bias.detach()
     chunk = min(blocks, chunk_blocks(queries * size))
@@ -112,7 +132,7 @@ def _per_head(
             for part, needs_mask in runs:
                 valid = _pick(inputs.valid, example, head) if needs_mask else None
                 mask = additive_mask(_pick(detached, example, head), valid, part)
-                _backward_chunk(operands, targets, part, mask, scratch)
+                _backward_chunk(operands, targets, part, mask, inputs.keep_flags(example, head, part), scratch)
 
 
 def _batched(
@@ -124,17 +144,24 @@ def _batched(
     shared = step == 0
     k, v = inputs.k.to(compute), inputs.v.to(compute)
     kb, vb = key_blocks(k, blocks, size, step), key_blocks(v, blocks, size, step)
+    grad_out = inputs.grad_out_in(compute)
     detached = None if inputs.bias is None else inputs.bias.detach()
     chunk = chunk_blocks(batch * heads * queries * size)
     for part, needs_mask in pieces(blocks, inputs.masked, chunk, whole_unmasked=False):
         kc, vc = (k[:, :, :size], v[:, :, :size]) if shared else (kb[:, :, part], vb[:, :, part])
-        qc, go = q[:, :, part].to(compute), inputs.grad_out[:, :, part].to(compute)
+        qc, go = q[:, :, part].to(compute), grad_out[:, :, part]
         scores = products(qc, kc.transpose(-1, -2), shared) * scale - lse[:, :, part]
         mask = additive_mask(detached, inputs.valid if needs_mask else None, part)
         if mask is not None:
             scores = scores + mask
         probs = scores.exp()
-        ds = (products(go, vc.transpose(-1, -2), shared) - delta[:, :, part]) * probs
+        grad_probs = products(go, vc.transpose(-1, -2), shared)
+        keep = inputs.keep_flags(slice(None), slice(None), part)
+        if keep is not None:
+            grad_probs, probs_kept = grad_probs * keep, probs * keep
+        ds = (grad_probs - delta[:, :, part]) * probs
+        if keep is not None:
+            probs = probs_kept
         grads.dq[:, :, part] = products(ds, kc, shared) * scale
         key_grad, value_grad = _key_products(ds, qc, shared) * scale, _key_products(probs, go, shared)
         if shared:
@@ -219,9 +246,13 @@ def _backward_chunk(
     grads: _HeadGrads,
     part: slice,
     mask: torch.Tensor | None,
+    keep: torch.Tensor | None,
     scratch: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
     """The gradients of blocks ``part`` for one example and head, the scores recomputed from the log-sum-exp.
+
+    With dropout, ``keep`` ``(count, queries, keys)`` are the blocks' keep flags (``grad_out`` comes scaled): the
+    probability gradient and the value gradient see only kept weights, the softmax's own gradient all of them.
 
     Key and value gradients of overlapping key blocks are summed by the matmuls themselves (``baddbmm_`` into each
     block's rows), never materialised per block. ``scratch``: two ``(chunk, queries, keys)`` buffers that every chunk
@@ -234,17 +265,21 @@ def _backward_chunk(
         flat_q, flat_grad = q.reshape(-1, dim), grad_out.reshape(-1, grad_out.shape[-1])
         scores, ds = (buffer[:count].view(-1, ops.size) for buffer in scratch)
         torch.addmm(lse.reshape(-1, 1), flat_q, k.T, beta=-1, alpha=ops.scale, out=scores)
-        torch.addmm(delta.reshape(-1, 1), flat_grad, v.T, beta=-1, out=ds)
+        torch.addmm(delta.reshape(-1, 1), flat_grad, v.T, beta=-1 if keep is None else 0, out=ds)
         scores, ds = scores.view(count, queries, ops.size), ds.view(count, queries, ops.size)
     else:
         k, v = ops.k[part], ops.v[part]
         scores, ds = (buffer[:count] for buffer in scratch)
         torch.baddbmm(lse, q, k.transpose(-1, -2), beta=-1, alpha=ops.scale, out=scores)
-        torch.baddbmm(delta, grad_out, v.transpose(-1, -2), beta=-1, out=ds)
+        torch.baddbmm(delta, grad_out, v.transpose(-1, -2), beta=-1 if keep is None else 0, out=ds)
+    if keep is not None:
+        ds.mul_(keep).sub_(delta)
     if mask is not None:
         scores += mask
     probs = scores.exp_()
     ds.mul_(probs)
+    if keep is not None:
+        probs.mul_(keep)
     if grads.dbias is not None:
         _add_bias(grads.dbias, ds[None, None], part)
     if ops.step == 0:

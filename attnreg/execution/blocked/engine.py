@@ -62,6 +62,8 @@ class BlockedEngine(Engine):
 
     name = "blocked"
     description = "blocked window + global parts merged by log-sum-exp, linear in length; any device"
+    supports_dropout = True
+    supports_dropout_mask = True
 
     def unsupported_reasons(self, call: AttentionCall) -> list[str]:
         return []

@@ -11,6 +11,7 @@ import torch
 
 from attnreg.execution.blocked.backward import BackwardInputs, blocked_backward
 from attnreg.execution.blocked.chunks import additive_mask, chunk_blocks, key_blocks, pieces, products
+from attnreg.execution.blocked.dropped import BlockDropout, dropped_forward
 
 
 def _mask_chunk(bias: torch.Tensor | None, valid: torch.Tensor | None, blocks: int) -> int:
@@ -91,11 +92,16 @@ class BlockedAttention(torch.autograd.Function):
     ``q``: ``(batch, heads, blocks, queries, dim)``; ``k``/``v``: padded ``(batch, heads, keys, dim)`` laid out by
     :func:`key_blocks` with ``size`` and ``step``; ``bias``: fp32 (fp64 for fp64 inputs), 5-D, broadcastable to the
     scores ``(batch, heads, blocks, queries, size)``; ``valid``: bool, 5-D, broadcastable likewise, read only for the
-    blocks that ``masked`` (see :func:`pieces`) flags.
+    blocks that ``masked`` (see :func:`pieces`) flags; ``dropout``: a :class:`BlockDropout` or ``None``.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, valid, size, step, scale, masked):
+    def forward(ctx, q, k, v, bias, valid, size, step, scale, masked, dropout):
+        ctx.layout = (size, step, scale, masked, None if dropout is None else dropout.scale)
+        if dropout is not None:
+            out, lse, keep = dropped_forward(q, k, v, bias, valid, (size, step, scale, masked), dropout)
+            ctx.save_for_backward(q, k, v, bias, valid, out, lse, keep)
+            return out, lse
         batch, heads, blocks, queries, _ = q.shape
         kb = key_blocks(k, blocks, size, step)
         vb = key_blocks(v, blocks, size, step)
@@ -121,22 +127,21 @@ class BlockedAttention(torch.autograd.Function):
             outs, lses = zip(*(run(part, needs_mask) for part, needs_mask in runs), strict=True)
             out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
             lse = torch.cat(lses, dim=2) if len(lses) > 1 else lses[0]
-        ctx.save_for_backward(q, k, v, bias, valid, out, lse)
-        ctx.layout = (size, step, scale, masked)
+        ctx.save_for_backward(q, k, v, bias, valid, out, lse, None)
         return out, lse
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_lse):
-        q, k, v, bias, valid, out, lse = ctx.saved_tensors
-        size, step, scale, masked = ctx.layout
+        q, k, v, bias, valid, out, lse, keep = ctx.saved_tensors
+        size, step, scale, masked, keep_scale = ctx.layout
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         need_bias = bias is not None and ctx.needs_input_grad[3]
-        grads = blocked_backward(
-            BackwardInputs(q, k, v, bias, valid, out, lse, grad_out, grad_lse, size, step, scale, masked), need_bias
+        inputs = BackwardInputs(
+            q, k, v, bias, valid, out, lse, grad_out, grad_lse, size, step, scale, masked, keep, keep_scale
         )
-        return (*grads, None, None, None, None, None)
+        return (*blocked_backward(inputs, need_bias), None, None, None, None, None, None)
 
 
 def blocked_attention(
@@ -150,9 +155,11 @@ def blocked_attention(
     bias: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
     masked: tuple[bool, ...] | None = None,
+    dropout: BlockDropout | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run :class:`BlockedAttention`: output ``(batch, heads, blocks, queries, dim)`` and fp32 log-sum-exp.
 
-    A row with no allowed key gives output 0 and log-sum-exp 0; callers that merge parts must mask it.
+    A row with no allowed key gives output 0 and log-sum-exp 0; callers that merge parts must mask it. With
+    ``dropout`` the output is dropped (its normaliser is this call's own) and the log-sum-exp is not.
     """
-    return BlockedAttention.apply(q, k, v, bias, valid, size, step, scale, masked)
+    return BlockedAttention.apply(q, k, v, bias, valid, size, step, scale, masked, dropout)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from attnreg.execution.blocked.aggregated import aggregated_slot_part
+from attnreg.execution.blocked.dropped import BlockDropout
 from attnreg.execution.blocked.kernel import blocked_attention
 from attnreg.execution.blocked.layout import Blocks, table_dtype
 from attnreg.execution.blocked.merge import Part, merge
@@ -74,6 +75,7 @@ def global_key_part(call: AttentionCall, blocks: Blocks, slots: Slots) -> Part:
         scale=call.scale,
         bias=bias,
         valid=slots.filled[:, None, None, None, :],
+        dropout=BlockDropout.of(call.dropout, lambda: (positions[None], slots.index[:, None, None, :])),
     )
     has_keys = slots.filled.any(dim=-1)[:, None, None]
     return Part(blocks.join(out), blocks.join(lse), has_keys)
@@ -85,6 +87,7 @@ def global_query_rows(call: AttentionCall, real: torch.Tensor, slots: Slots) -> 
     q, k, v = (call.global_q, call.global_k, call.global_v) if call.has_global_projections else (call.q, call.k, call.v)
     positions = torch.arange(call.length, device=call.device)
     bias = _bias(call, positions[None, None, :], slots.index[:, :, None])
+    dropout = BlockDropout.of(call.dropout, lambda: (slots.index[:, None, :], positions[None, None, None, :]))
     queries = slots.take(q)
     out, lse = blocked_attention(
         queries[:, :, None],
@@ -95,6 +98,7 @@ def global_query_rows(call: AttentionCall, real: torch.Tensor, slots: Slots) -> 
         scale=call.scale,
         bias=None if bias is None else bias[:, :, None],
         valid=real[:, None, None, None, :],
+        dropout=dropout,
     )
     parts = [Part(out[:, :, 0], lse[:, :, 0])]
     if call.count > 0:

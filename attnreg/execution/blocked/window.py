@@ -7,6 +7,7 @@ import math
 import torch
 
 from attnreg.execution import host
+from attnreg.execution.blocked.dropped import BlockDropout
 from attnreg.execution.blocked.kernel import blocked_attention
 from attnreg.execution.blocked.layout import Blocks, cached, pad_length, table_dtype
 from attnreg.execution.blocked.merge import Part
@@ -84,6 +85,11 @@ def window_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor | Non
         keys_ok = torch.ones(call.batch, call.length, dtype=torch.bool, device=call.device)
     valid = pad_length(keys_ok, left, after, value=False).unfold(1, size, blocks.size)[:, : blocks.count]
     masked = known if known is not None else masked_blocks(valid)
+
+    def positions() -> tuple[torch.Tensor, torch.Tensor]:
+        first = torch.arange(blocks.count, device=call.device)[:, None, None] * blocks.size - left
+        return blocks.positions(call.device)[None], (first + torch.arange(size, device=call.device))[None]
+
     out, lse = blocked_attention(
         blocks.split(call.q),
         k,
@@ -94,5 +100,6 @@ def window_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor | Non
         bias=block_bias(call, blocks, left, size),
         valid=valid[:, None, :, None],
         masked=masked,
+        dropout=BlockDropout.of(call.dropout, positions),
     )
     return Part(blocks.join(out), blocks.join(lse))

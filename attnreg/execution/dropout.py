@@ -1,0 +1,105 @@
+"""Attention-probability dropout: what a call asks for, the keep flags it draws, and their compact storage.
+
+Inverted dropout on the final normalised probabilities, as transformers applies it after its softmax over all of a
+query's keys: a kept weight is scaled by ``1 / (1 - p)``, a dropped one is zero. Keep flags come from torch's default
+generator (``torch.manual_seed`` reproduces a step), sixteen random bits per flag, so the keep rate is ``1 - p`` to
+within ``2**-17``. Engines that recompute in backward keep the flags as bits (:func:`pack_bits`), never an n² tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attnreg._validation import describe, require
+
+#: Flags drawn per int64 draw (16 random bits each).
+_FLAGS_PER_DRAW = 4
+#: Bit ``i`` of a packed byte holds flag ``i`` (see :func:`pack_bits`).
+_BITS = torch.tensor([1 << bit for bit in range(8)], dtype=torch.uint8)
+
+
+@dataclass(frozen=True)
+class AttentionDropout:
+    """Dropout of a call's attention probabilities: the rate ``p``, and optionally the keep flags to use.
+
+    ``keep``: ``(batch, heads, length, length + count)`` bool, True for a kept weight, in the dense layout's key
+    order (tokens, then aggregated tokens). Engines that take it use it instead of drawing, so that a fast engine can
+    be compared exactly with the reference; it is O(length²), for tests.
+    """
+
+    p: float
+    keep: torch.Tensor | None = None
+
+    @property
+    def scale(self) -> float:
+        """What a kept weight is multiplied by."""
+        return 1.0 / (1.0 - self.p)
+
+
+def check_dropout_p(name: str, p: object) -> float:
+    """``p`` as a float after checking it is a number in [0, 1); errors name ``name``."""
+    require(
+        isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p < 1.0,
+        name,
+        p,
+        "expected a probability 0 <= p < 1",
+    )
+    return float(p)
+
+
+def make_dropout(
+    p: object, keep: torch.Tensor | None, *, batch: int, heads: int, length: int, keys: int, device: torch.device
+) -> AttentionDropout | None:
+    """The call's dropout from ``attnreg.attention``'s ``dropout_p`` and ``dropout_mask``; ``None`` for none."""
+    p = check_dropout_p("dropout_p", p)
+    shape = (batch, heads, length, keys)
+    if keep is not None:
+        require(p > 0, "dropout_mask", describe(keep), "a keep mask needs dropout_p > 0")
+        require(
+            isinstance(keep, torch.Tensor) and tuple(keep.shape) == shape and keep.dtype == torch.bool,
+            "dropout_mask",
+            describe(keep),
+            f"expected a bool tensor (batch, heads, length, length + count) = {shape}, True for kept weights",
+        )
+        require(keep.device == device, "dropout_mask.device", keep.device, f"expected q's device {device}")
+    return AttentionDropout(p, keep) if p > 0 else None
+
+
+def draw_keep(shape: tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
+    """Bool keep flags of ``shape``, each True with probability ``1 - p``, from the default generator.
+
+    Sixteen random bits per flag, four flags per 64-bit draw: far cheaper than a float per flag, and the keep rate is
+    ``1 - round(p * 2**16) / 2**16``.
+    """
+    count = 1
+    for size in shape:
+        count *= size
+    draws = torch.randint(-(2**63), 2**63 - 1, (-(-count // _FLAGS_PER_DRAW),), dtype=torch.int64, device=device)
+    threshold = round(p * 65536) - 32768
+    return (draws.view(torch.int16)[:count] >= threshold).view(shape)
+
+
+def packed_size(flags: int) -> int:
+    """Bytes that :func:`pack_bits` gives for ``flags`` flags."""
+    return -(-flags // 8)
+
+
+def pack_bits(flags: torch.Tensor) -> torch.Tensor:
+    """Bool ``(..., n)`` as uint8 ``(..., ceil(n / 8))``, bit ``i`` of byte ``b`` holding flag ``8 b + i``."""
+    n = flags.shape[-1]
+    pad = packed_size(n) * 8 - n
+    if pad:
+        flags = torch.cat([flags, flags.new_zeros((*flags.shape[:-1], pad))], dim=-1)
+    octets = flags.view(torch.uint8).unflatten(-1, (-1, 8))
+    packed = octets[..., 0].clone()
+    for bit in range(1, 8):
+        packed |= octets[..., bit] << bit
+    return packed
+
+
+def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """Undo :func:`pack_bits`: bool ``(..., n)`` from uint8 ``(..., ceil(n / 8))``."""
+    bits = _BITS.to(packed.device)
+    return (packed.unsqueeze(-1) & bits).ne(0).flatten(-2)[..., :n]
