@@ -18,6 +18,7 @@ from attnreg.execution.blocked import window as window_module
 from attnreg.execution.blocked.chunks import pieces
 from attnreg.execution.blocked.layout import DEFAULT_BLOCK
 from attnreg.execution.call import make_call
+from attnreg.execution.dropout import AttentionDropout
 from attnreg.execution.reference import reference_attention
 
 T5_BIAS = RelativePositionBias(num_buckets=32, max_distance=128, bidirectional=True)
@@ -111,6 +112,13 @@ def compare(call, *, atol: float, rtol: float) -> None:
         torch.testing.assert_close(g.float(), w.float(), atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def with_keep(call, p: float = 0.3, seed: int = 2):
+    """``call`` with dropout ``p`` and explicit random keep flags: the reference and the engine drop the same weights."""
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.rand(call.batch, call.heads, call.length, call.length + call.count, generator=generator) >= p
+    return replace(call, dropout=AttentionDropout(p, keep))
+
+
 LENGTHS = [1, 2, SMALL_BLOCK - 1, SMALL_BLOCK, SMALL_BLOCK + 1, 13, 29]
 
 
@@ -140,10 +148,31 @@ def test_matches_reference_fp64_at_default_block(name: str, monkeypatch: pytest.
     compare(make_inputs(PATTERNS[name], 2 * DEFAULT_BLOCK + 3, batch=3, dtype=torch.float64), atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("eager_cpu", [True, False], ids=["per-head", "batched"])
+@pytest.mark.parametrize("length", [1, SMALL_BLOCK - 1, SMALL_BLOCK + 1, 29])
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_dropout_with_the_reference_keep_flags_matches_it(
+    name: str, length: int, eager_cpu: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each part drops its own weights and the merge by the undropped log-sum-exp gives the final ones: outputs and
+    every gradient equal the reference's with the same flags, on both strategies (per head on the eager CPU,
+    batched as on an accelerator or under torch.compile)."""
+    if not eager_cpu:
+        monkeypatch.setattr("attnreg.execution.host.eager_on_cpu", lambda x: False)
+    compare(with_keep(make_inputs(PATTERNS[name], length)), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["local-bias", "globals-own", "tglobal", "everything"])
+def test_dropout_matches_reference_in_fp64(name: str) -> None:
+    compare(with_keep(make_inputs(PATTERNS[name], 29, dtype=torch.float64), p=0.5), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dropout", [False, True], ids=["no dropout", "dropout"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["local-bias", "globals-own", "tglobal", "everything", "causal-unbounded"])
-def test_half_precision_is_finite_and_close(name: str, dtype: torch.dtype) -> None:
-    compare(make_inputs(PATTERNS[name], 29, dtype=dtype), atol=6e-2, rtol=6e-2)
+def test_half_precision_is_finite_and_close(name: str, dtype: torch.dtype, dropout: bool) -> None:
+    call = make_inputs(PATTERNS[name], 29, dtype=dtype)
+    compare(with_keep(call) if dropout else call, atol=6e-2, rtol=6e-2)
 
 
 def test_padded_queries_are_zero_and_all_padding_example_has_no_nan() -> None:
@@ -155,12 +184,15 @@ def test_padded_queries_are_zero_and_all_padding_example_has_no_nan() -> None:
     assert all(torch.isfinite(t.grad).all() for t in call.tensors().values())
 
 
+@pytest.mark.parametrize("dropout", [False, True], ids=["no dropout", "dropout"])
 @pytest.mark.parametrize("eager_cpu", [True, False], ids=["per-head backward", "batched backward"])
 @pytest.mark.parametrize("name", ["local-bias", "everything"])
-def test_gradcheck_fp64(name: str, eager_cpu: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gradcheck_fp64(name: str, eager_cpu: bool, dropout: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     if not eager_cpu:
         monkeypatch.setattr("attnreg.execution.host.eager_on_cpu", lambda x: False)
     call = make_inputs(PATTERNS[name], 11, batch=3, dtype=torch.float64, heads=1, dim=2)
+    if dropout:
+        call = with_keep(call)
     names = list(call.tensors())
 
     def run(*tensors):
@@ -184,12 +216,16 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
 @pytest.mark.parametrize("name", ["local-bias", "globals-own", "tglobal"])
-def test_no_quadratic_tensor_on_long_input(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_quadratic_tensor_on_long_input(name: str, dropout_p: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With dropout too: its keep flags are drawn per chunk and kept as bits, linear in length."""
     monkeypatch.setattr("attnreg.execution.blocked.layout.DEFAULT_BLOCK", DEFAULT_BLOCK)
     length = 4096
     pattern = PATTERNS[name]
     call = make_inputs(pattern, length, batch=1)
+    if dropout_p:
+        call = replace(call, dropout=AttentionDropout(dropout_p))
     with _LargestTensor() as mode:
         out = blocked_attention_call(call)
         out.sum().backward()

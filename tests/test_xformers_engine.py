@@ -18,6 +18,7 @@ from pattern_cases import PATTERNS, case_inputs, gradients, run
 
 import attnreg
 from attnreg.execution import make_call
+from attnreg.execution.dispatch import capability_reasons
 from attnreg.execution.xformers_engine import (
     Features,
     LocalMask,
@@ -229,6 +230,36 @@ def test_structural_mask_without_an_operator_falls_back_to_the_tensor_bias(fake_
     assert strategy(call, ALL_FEATURES) == (False, True)
     expected = run({"q": call.q, "k": call.k, "v": call.v, **inputs}, PATTERNS["window-only"], "reference")
     torch.testing.assert_close(xformers_attention(call, fake_fmha, ALL_FEATURES, block=4), expected)
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_dropout_is_the_operators_own_p_on_plans_of_one_call(fake_fmha, name: str) -> None:
+    """xformers drops out inside ``memory_efficient_attention`` (``p``); its partial attention cannot, so a call with
+    dropout never takes the partial + merge plan, even without gradients."""
+    seen = []
+    dense = fake_fmha.memory_efficient_attention
+
+    def recording(q, k, v, attn_bias=None, p=0.0, scale=None):
+        seen.append(p)
+        return dense(q, k, v, attn_bias, p, scale)
+
+    def no_partial(*args, **kwargs):
+        raise AssertionError("partial attention has no dropout")
+
+    fake_fmha.memory_efficient_attention, fake_fmha.memory_efficient_attention_partial = recording, no_partial
+    inputs = case_inputs(name, num_globals=2)
+    call = make_call(inputs.pop("q"), inputs.pop("k"), inputs.pop("v"), PATTERNS[name], dropout_p=0.25, **inputs)
+    assert strategy(call, ALL_FEATURES)[0] is False
+    assert torch.isfinite(xformers_attention(call, fake_fmha, ALL_FEATURES, block=4)).all()
+    assert seen and set(seen) == {0.25}
+
+
+def test_explicit_keep_flags_are_refused_with_the_reason() -> None:
+    call = _call("window-only")
+    keep = torch.ones(call.batch, call.heads, call.length, call.length, dtype=torch.bool)
+    call = make_call(call.q, call.k, call.v, call.pattern, dropout_p=0.1, dropout_mask=keep)
+    (reason,) = capability_reasons(XformersEngine(), call)
+    assert "cannot take dropout_mask" in reason
 
 
 def test_probe_reads_the_module_not_the_version(fake_fmha) -> None:

@@ -22,10 +22,11 @@ _PLAN_S = 6e-4
 
 def strategy(call: AttentionCall, features: Features) -> tuple[bool, bool]:
     """``(merge, structural)`` for :func:`build_plan`: merge extra keys by log-sum-exp when nothing needs a gradient
-    (xformers' partial attention has no backward), and a structural window mask where no bias or padding needs a tensor.
+    (xformers' partial attention has no backward) and nothing drops out (its dropout, ``p``, is in the full operator
+    only), and a structural window mask where no bias or padding needs a tensor.
     """
     pattern = call.pattern
-    merge = features.partial_merge and not call.requires_grad
+    merge = features.partial_merge and not call.requires_grad and call.dropout is None
     has_extras = call.global_mask is not None or (pattern.aggregated_globals is not None and call.count > 0)
     structural = (
         pattern.window is not None
@@ -54,6 +55,8 @@ class XformersEngine(Engine):
 
     name = "xformers"
     description = "xformers memory_efficient_attention on CUDA: blocked tensor bias or local mask, merged global keys"
+    #: Its operators' own ``p`` (their own draws: explicit keep flags are refused).
+    supports_dropout = True
 
     def unsupported_reasons(self, call: AttentionCall) -> list[str]:
         reasons = []

@@ -96,7 +96,8 @@ def _attend(
         q, k, v = _gather(q, part.query_positions), _gather(k, part.key_columns), _gather(v, part.key_columns)
         bias = part.bias
     if not partial:
-        return fmha.memory_efficient_attention(q, k, v, attn_bias=bias, scale=call.scale), None
+        p = 0.0 if call.dropout is None else call.dropout.p
+        return fmha.memory_efficient_attention(q, k, v, attn_bias=bias, p=p, scale=call.scale), None
     out, lse = fmha.memory_efficient_attention_partial(q, k, v, attn_bias=bias, scale=call.scale)
     return out, lse[..., : part.rows]  # some operators round the log-sum-exp's length up
 
