@@ -68,7 +68,8 @@ def test_an_engine_without_dropout_is_refused_with_the_reason_and_passed_over() 
     call = make_call(q, k, v, Pattern(window=Window(4, 4)), dropout_p=0.1)
     engines = [_NoDropout(), BlockedEngine(), ReferenceEngine()]
     assert choose(call, engines).name == "blocked"
-    with pytest.raises(BackendUnavailableError, match=r"backend='no-dropout' cannot run this call: no attention dropout"):
+    refusal = r"backend='no-dropout' cannot run this call: no attention dropout"
+    with pytest.raises(BackendUnavailableError, match=refusal):
         choose(call, engines, "no-dropout")
 
 
@@ -204,7 +205,9 @@ def test_a_compiled_training_step_with_dropout_has_no_graph_break(name: str) -> 
     mask = torch.ones(2, 11, dtype=torch.bool)
     mask[1, -3:] = False
     if "max_globals" in extra:
-        extra = {**extra, "global_mask": torch.zeros(2, 11, dtype=torch.bool).index_fill_(1, torch.tensor([0, 5]), True)}
+        global_mask = torch.zeros(2, 11, dtype=torch.bool)
+        global_mask[:, [0, 5]] = True
+        extra = {**extra, "global_mask": global_mask}
     module = _Attention(pattern, extra)
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     keep = torch.rand(2, 2, 11, 11, generator=torch.Generator().manual_seed(0)) > 0.25
