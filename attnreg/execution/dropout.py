@@ -16,8 +16,8 @@ from attnreg._validation import describe, require
 
 #: Flags drawn per int64 draw (16 random bits each).
 _FLAGS_PER_DRAW = 4
-#: Bit ``i`` of a packed byte holds flag ``i`` (see :func:`pack_bits`).
-_BITS = torch.tensor([1 << bit for bit in range(8)], dtype=torch.uint8)
+#: The steps that spread a byte's bits over the bytes of an int64: 4 bits to each half, 2 to each quarter, 1 a byte.
+_SPREADS = ((28, 0x0000000F0000000F), (14, 0x0003000300030003), (7, 0x0101010101010101))
 
 
 @dataclass(frozen=True)
@@ -87,19 +87,26 @@ def packed_size(flags: int) -> int:
 
 
 def pack_bits(flags: torch.Tensor) -> torch.Tensor:
-    """Bool ``(..., n)`` as uint8 ``(..., ceil(n / 8))``, bit ``i`` of byte ``b`` holding flag ``8 b + i``."""
+    """Bool ``(..., n)`` as uint8 ``(..., ceil(n / 8))``, bit ``i`` of byte ``b`` holding flag ``8 b + i``.
+
+    Eight flags are the eight bytes of one int64 (each 0 or 1); three shift-ors gather their low bits into its low byte.
+    """
     n = flags.shape[-1]
     pad = packed_size(n) * 8 - n
     if pad:
         flags = torch.cat([flags, flags.new_zeros((*flags.shape[:-1], pad))], dim=-1)
-    octets = flags.view(torch.uint8).unflatten(-1, (-1, 8))
-    packed = octets[..., 0].clone()
-    for bit in range(1, 8):
-        packed |= octets[..., bit] << bit
-    return packed
+    words = flags.contiguous().view(torch.int64)
+    for shift in (7, 14, 28):
+        words = words | (words >> shift)
+    return (words & 0xFF).to(torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
-    """Undo :func:`pack_bits`: bool ``(..., n)`` from uint8 ``(..., ceil(n / 8))``."""
-    bits = _BITS.to(packed.device)
-    return (packed.unsqueeze(-1) & bits).ne(0).flatten(-2)[..., :n]
+    """Undo :func:`pack_bits`: bool ``(..., n)`` from uint8 ``(..., ceil(n / 8))``.
+
+    Each byte is spread over the eight bytes of one int64, one bit each (no shift overflows: values stay below 2**57).
+    """
+    words = packed.to(torch.int64)
+    for shift, spread in _SPREADS:
+        words = (words | (words << shift)) & spread
+    return words.view(torch.bool)[..., :n]

@@ -158,6 +158,7 @@ def _batched(
         grad_probs = products(go, vc.transpose(-1, -2), shared)
         keep = inputs.keep_flags(slice(None), slice(None), part)
         if keep is not None:
+            keep = keep.view(torch.uint8)
             grad_probs, probs_kept = grad_probs * keep, probs * keep
         ds = (grad_probs - delta[:, :, part]) * probs
         if keep is not None:
@@ -273,6 +274,7 @@ def _backward_chunk(
         torch.baddbmm(lse, q, k.transpose(-1, -2), beta=-1, alpha=ops.scale, out=scores)
         torch.baddbmm(delta, grad_out, v.transpose(-1, -2), beta=-1 if keep is None else 0, out=ds)
     if keep is not None:
+        keep = keep.view(torch.uint8)  # multiplying by bytes skips a bool-to-float conversion
         ds.mul_(keep).sub_(delta)
     if mask is not None:
         scores += mask

@@ -120,7 +120,8 @@ def dropped_forward(
             total = scores.sum(dim=-1, keepdim=True)
             keep = dropout.keep(tuple(scores.shape), examples, hs, part, q.device)
             packed[examples, hs, part] = pack_bits(keep.flatten(-2))
-            chunk_out = products(scores.mul_(keep), vc, shared) * (dropout.scale / total.clamp_min(tiny))
+            scores.mul_(keep.view(torch.uint8))  # multiplying by bytes skips a bool-to-float conversion
+            chunk_out = products(scores, vc, shared) * (dropout.scale / total.clamp_min(tiny))
             out[examples, hs, part] = chunk_out.to(out.dtype)
             chunk_lse = (peak + total.log()).squeeze(-1)
             lse[examples, hs, part] = torch.where(torch.isfinite(chunk_lse), chunk_lse, torch.zeros_like(chunk_lse))
