@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import attnreg
-from attnreg.models.components import CAUSAL
+from attnreg.models.components import CAUSAL, CrossAttention
 from attnreg.nn import PatternAttention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -118,6 +118,29 @@ def test_every_attention_module_takes_a_backend_and_passes_it_on():
     ids, mask, globals_ = batch(size=2)
     with pytest.raises(attnreg.BackendUnavailableError, match="no-such-engine"):
         model(ids, attention_mask=mask, global_attention_mask=globals_, labels=ids)
+
+
+def test_dropout_reaches_every_attention_as_in_torchs_transformer_layers():
+    """``dropout`` is also the attention dropout, as ``nn.TransformerEncoderLayer(dropout=...)`` makes it."""
+    model = attnreg.build("encoder-decoder", pattern="third-party-everything", dropout=0.25, **SIZES)
+    attentions = [m for m in model.modules() if isinstance(m, (PatternAttention, CrossAttention))]
+    assert len(attentions) == 6 and {m.dropout for m in attentions} == {0.25}
+
+
+def test_cross_attention_drops_attention_probabilities_in_training_only():
+    torch.manual_seed(0)
+    crossed = CrossAttention(32, 4, dropout=0.5)
+    plain = CrossAttention(32, 4)
+    plain.load_state_dict(crossed.state_dict())
+    hidden, memory = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+
+    def run(module: CrossAttention, seed: int = 0) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return module(hidden, memory, None)
+
+    crossed.train()
+    assert torch.equal(run(crossed), run(crossed)) and not torch.allclose(run(crossed), run(crossed, seed=1))
+    assert torch.equal(run(crossed.eval()), run(plain.eval()))
 
 
 def test_a_padded_example_is_unaffected_by_its_padding_tokens():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import attnreg
@@ -209,14 +210,36 @@ def test_float_padding_mask_with_biases_is_refused():
         layer(x, x, x, key_padding_mask=torch.full((BATCH, LENGTH), 0.5), need_weights=False)
 
 
-def test_training_with_attention_dropout_is_refused_unless_overridden():
+def test_swap_keeps_each_modules_attention_dropout_unless_overridden():
+    """What training then does with it is tests/test_dropout_policy.py's subject."""
     model = _encoder()
     model.layers[0].self_attn.dropout = 0.1
-    attnreg.swap(model, Pattern()).train()
-    x, _ = _inputs()
-    with pytest.raises(PatternError, match="dropout"):
-        model(x)
-    attnreg.swap(_encoder(), Pattern(), dropout=0.0).train()(x)
+    attnreg.swap(model, Pattern())
+    assert [layer.self_attn.dropout for layer in model.layers] == [0.1, 0.0]
+    overridden = attnreg.swap(_encoder(), Pattern(), dropout=0.2)
+    assert [layer.self_attn.dropout for layer in overridden.layers] == [0.2, 0.2]
+
+
+def test_an_attention_dropout_outside_zero_to_one_is_refused_naming_the_module():
+    model = _encoder()
+    model.layers[1].self_attn.dropout = 1.0
+    with pytest.raises(PatternError, match=r"layers\.1\.self_attn\.dropout=1\.0 is not allowed"):
+        attnreg.swap(model, Pattern())
+
+
+def test_weights_in_training_are_the_dropped_ones_the_output_comes_from():
+    """As MHA's: ``need_weights=True`` in training returns the weights after dropout, which the output is made of."""
+    x, padding = _inputs()
+    torch.manual_seed(0)
+    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window(2, 1)), dropout=0.5).train()
+    out, weights = layer(x, x, x, key_padding_mask=padding, average_attn_weights=False)
+    v = F.linear(x, layer.in_proj_weight[2 * EMBED :], layer.in_proj_bias[2 * EMBED :])
+    v = v.unflatten(-1, (HEADS, EMBED // HEADS)).transpose(1, 2)
+    expected = layer.out_proj((weights @ v).transpose(1, 2).flatten(2))
+    real = ~padding
+    torch.testing.assert_close(out[real], expected[real], atol=1e-5, rtol=1e-5)
+    allowed = Pattern(window=Window(2, 1)).materialize(LENGTH, real).allowed[:, None].expand_as(weights)
+    assert bool((weights[allowed] == 0).any()) and bool((weights[~allowed] == 0).all())
 
 
 def test_backend_attribute_is_passed_on():

@@ -1,7 +1,9 @@
 """The transformers bridge: ``attn_implementation="attnreg:NAME"`` runs the pattern, equal to the dense reference.
 
 The expectation is the same model with eager attention and an explicit 4-D mask equal to the pattern's
-materialised allowed matrix; padded positions are left out (attnreg gives zeros there, eager a value).
+materialised allowed matrix; padded positions are left out (attnreg gives zeros there, eager a value). BERT and
+RoBERTa keep transformers' default attention dropout (0.1): the models are compared in eval mode, where it is off.
+Training with it is tests/test_dropout_policy.py's subject.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from attnreg import AggregatedGlobals, Pattern, PatternError, RelativePositionBi
 from attnreg.integrations import transformers_bridge as bridge  # noqa: E402
 
 LENGTH = 13
+ATTENTION_DROPOUT = 0.1
 
 
 def _bert_config(cls):
@@ -26,7 +29,7 @@ def _bert_config(cls):
         intermediate_size=32,
         max_position_embeddings=64,
         hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+        attention_probs_dropout_prob=ATTENTION_DROPOUT,
     )
 
 
@@ -229,6 +232,22 @@ def test_output_attentions_gives_the_pattern_weights(tmp_path, registered):
     assert bool((weights[0][~allowed.expand_as(weights[0])] == 0).all())
     real_rows = attention_mask.bool()[:, None, :, None].expand_as(weights[0])
     torch.testing.assert_close(weights[0].sum(-1)[real_rows[..., 0]], torch.ones(int(real_rows[..., 0].sum())))
+
+
+def test_output_attentions_in_training_gives_the_dropped_weights(tmp_path, registered):
+    """As eager attention returns them: the eval weights, some zeroed, the kept ones scaled by ``1 / (1 - p)``."""
+    model_cls, path = _saved(tmp_path, "bert")
+    pattern = Pattern(window=Window(2, 0))
+    model = model_cls.from_pretrained(path, attn_implementation=registered(pattern))
+    input_ids, attention_mask = _inputs()
+    with torch.no_grad():
+        full = model.eval()(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True).attentions[0]
+        torch.manual_seed(0)
+        dropped = model.train()(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
+    dropped = dropped.attentions[0]  # the first layer's inputs are the same in both modes (no hidden dropout)
+    allowed = pattern.materialize(LENGTH, attention_mask.bool()).allowed[:, None].expand_as(dropped)
+    assert bool((dropped[allowed] == 0).any())
+    torch.testing.assert_close(dropped, torch.where(dropped == 0, 0.0, full / (1 - ATTENTION_DROPOUT)))
 
 
 def test_bridged_model_compiles_without_graph_break(tmp_path, registered):

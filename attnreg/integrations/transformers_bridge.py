@@ -25,6 +25,7 @@ from transformers.masking_utils import (
 from transformers.modeling_utils import AttentionInterface
 
 from attnreg._validation import PatternError, require
+from attnreg.execution.dropout import check_dropout_p
 from attnreg.functional import attention, attention_weights
 from attnreg.pattern.spec import Pattern
 from attnreg.registry import get_registry, resolve_pattern
@@ -120,7 +121,12 @@ def make_mask_function(pattern: Pattern, name: str) -> Callable[..., torch.Tenso
 
 
 def make_attention_function(pattern: Pattern, name: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
-    """The ``AttentionInterface`` entry: ``(module, q, k, v, mask, ...) -> ((batch, length, heads, dim), weights)``."""
+    """The ``AttentionInterface`` entry: ``(module, q, k, v, mask, ...) -> ((batch, length, heads, dim), weights)``.
+
+    ``dropout`` is what the model passes (its attention dropout in training, 0 in eval): it is applied to the
+    attention probabilities on attnreg's engines, and the weights for ``output_attentions`` are the dropped ones,
+    as transformers' eager attention returns them.
+    """
 
     def pattern_attention(
         module: torch.nn.Module,
@@ -136,13 +142,14 @@ def make_attention_function(pattern: Pattern, name: str) -> Callable[..., tuple[
         where = type(module).__name__
         causal = bool(getattr(module, "is_causal", False) if is_causal is None else is_causal)
         _refuse(name, where, model_problems(pattern, causal=causal))
-        _refuse(name, where, _call_problems(module, query, key, attention_mask, dropout, kwargs))
+        _refuse(name, where, _call_problems(module, query, key, attention_mask, kwargs))
+        dropout = check_dropout_p("dropout", dropout)
         heads, kv_heads = query.shape[1], key.shape[1]
         if kv_heads != heads:
             key = key.repeat_interleave(heads // kv_heads, dim=1)
             value = value.repeat_interleave(heads // kv_heads, dim=1)
         run = _scaled(pattern, scaling, query.shape[-1], name, where)
-        inputs = {"attention_mask": attention_mask}
+        inputs = {"attention_mask": attention_mask, "dropout_p": dropout}
         if kwargs.get("global_mask") is not None:
             _refuse(name, where, _global_problems(pattern))
             inputs["global_mask"] = kwargs["global_mask"]
@@ -169,7 +176,6 @@ def _call_problems(
     query: torch.Tensor,
     key: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    dropout: float,
     kwargs: dict[str, Any],
 ) -> list[str]:
     problems = []
@@ -187,8 +193,6 @@ def _call_problems(
             f"a prepared {attention_mask.dim()}-D attention mask {tuple(attention_mask.shape)} cannot be merged into "
             "the pattern; pass the 2-D padding mask (the pattern is the structure)"
         )
-    if dropout:
-        problems.append(f"attention dropout={dropout} is not supported (set the config's attention dropout to 0)")
     for option in ("softcap", "sliding_window", "s_aux", "position_bias"):
         if kwargs.get(option) is not None:
             problems.append(f"{option}={kwargs[option]!r} is not supported")

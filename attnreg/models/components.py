@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnreg._validation import require
+from attnreg.execution.dropout import check_dropout_p
 from attnreg.nn import PatternAttention
 from attnreg.pattern.parts import Window
 from attnreg.pattern.spec import Pattern
@@ -78,11 +79,15 @@ def attend(
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention from decoder positions to every real encoder position (dense: no pattern applies)."""
+    """Multi-head attention from decoder positions to every real encoder position (dense: no pattern applies).
 
-    def __init__(self, d_model: int, n_heads: int) -> None:
+    ``dropout`` drops attention probabilities in training mode only, as :class:`PatternAttention` does.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.n_heads = n_heads
+        self.dropout = check_dropout_p("dropout", dropout)
         self.query = nn.Linear(d_model, d_model)
         self.key_value = nn.Linear(d_model, 2 * d_model)
         self.output = nn.Linear(d_model, d_model)
@@ -98,19 +103,22 @@ class CrossAttention(nn.Module):
             real = memory_mask.bool()
             empty = ~real.any(dim=-1)
             mask = (real | empty[:, None])[:, None, None, :]  # an all-padding memory attends anywhere, then zeroed
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         if empty is not None:
             out = out.masked_fill(empty[:, None, None, None], 0.0)
         return self.output(out.transpose(1, 2).reshape(batch, length, d_model))
 
 
 class EncoderLayer(nn.Module):
-    """Pre-norm layer: ``x + attention(norm(x))`` under the pattern, then ``x + feed_forward(norm(x))``."""
+    """Pre-norm layer: ``x + attention(norm(x))`` under the pattern, then ``x + feed_forward(norm(x))``.
+
+    ``dropout`` applies everywhere, the attention probabilities included, as in ``nn.TransformerEncoderLayer``.
+    """
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, pattern: Pattern, *, dropout: float, norm_kind: str):
         super().__init__()
         self.attention_norm = norm(norm_kind, d_model)
-        self.attention = PatternAttention(d_model, n_heads, pattern)
+        self.attention = PatternAttention(d_model, n_heads, pattern, dropout=dropout)
         self.feed_forward_norm = norm(norm_kind, d_model)
         self.feed_forward = FeedForward(d_model, d_ff, dropout)
         self.dropout = nn.Dropout(dropout)
@@ -127,14 +135,17 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm layer: causal self-attention, cross-attention to the encoder, feed-forward; each residual."""
+    """Pre-norm layer: causal self-attention, cross-attention to the encoder, feed-forward; each residual.
+
+    ``dropout`` applies everywhere, both attentions' probabilities included, as in ``nn.TransformerDecoderLayer``.
+    """
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, *, dropout: float, norm_kind: str):
         super().__init__()
         self.self_attention_norm = norm(norm_kind, d_model)
-        self.self_attention = PatternAttention(d_model, n_heads, CAUSAL)
+        self.self_attention = PatternAttention(d_model, n_heads, CAUSAL, dropout=dropout)
         self.cross_attention_norm = norm(norm_kind, d_model)
-        self.cross_attention = CrossAttention(d_model, n_heads)
+        self.cross_attention = CrossAttention(d_model, n_heads, dropout)
         self.feed_forward_norm = norm(norm_kind, d_model)
         self.feed_forward = FeedForward(d_model, d_ff, dropout)
         self.dropout = nn.Dropout(dropout)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnreg._validation import PatternError, reject_unknown, require, require_int
+from attnreg.execution.dropout import check_dropout_p
 from attnreg.models.components import DecoderLayer, Embeddings, EncoderLayer, norm
 from attnreg.pattern.spec import Pattern
 from attnreg.registry import resolve_pattern
@@ -32,6 +33,8 @@ class GenericConfig:
 
     ``num_labels`` replaces the vocabulary-sized head of the encoder (token classification);
     ``n_decoder_layers`` defaults to ``n_layers``; the decoder starts from ``decoder_start_token_id``.
+    ``dropout`` is every dropout of the model, as ``nn.TransformerEncoderLayer``'s: embeddings, residuals,
+    feed-forward and the attention probabilities (self- and cross-attention), in training mode only.
     """
 
     pattern: str | Pattern = ""
@@ -71,9 +74,7 @@ class GenericConfig:
         for name in ("decoder_start_token_id", "pad_token_id"):
             require_int(name, getattr(self, name), minimum=0)
         require(self.d_model % self.n_heads == 0, "n_heads", self.n_heads, f"must divide d_model={self.d_model}")
-        require(
-            isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0, "dropout", self.dropout, "0 <= p < 1"
-        )
+        check_dropout_p("dropout", self.dropout)
 
     def resolve_pattern(self) -> Pattern:
         """The encoder's pattern: the registered one built with ``pattern_params``, or the Pattern given."""

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from attnreg._validation import PatternError, require, require_int
+from attnreg.execution.dropout import check_dropout_p
 from attnreg.functional import attention, attention_weights
 from attnreg.nn.masks import check_attn_mask, real_tokens
 from attnreg.nn.projections import project_heads
@@ -25,6 +26,8 @@ class PatternAttention(nn.Module):
     ``global_mask`` (True = global) marks selected global tokens. ``need_weights=True`` (MHA's default) computes
     dense weights on the reference engine, O(length²): pass ``need_weights=False`` for the fast engines.
     Padded query positions give ``out_proj``'s bias (their attention output is zero), where MHA gives a value.
+    ``dropout`` drops attention probabilities in training mode only, as ``nn.Dropout`` and MHA do: eval mode runs
+    exactly as ``dropout=0``; the weights returned in training are the dropped ones, as MHA returns them.
     """
 
     #: Engine name passed as ``backend=`` (``None``: the dispatcher chooses).
@@ -49,13 +52,12 @@ class PatternAttention(nn.Module):
         require_int("num_heads", num_heads, minimum=1)
         require(embed_dim % num_heads == 0, "num_heads", num_heads, f"must divide embed_dim={embed_dim}")
         require(isinstance(pattern, Pattern), "pattern", pattern, "expected an attnreg.Pattern")
-        require(isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0, "dropout", dropout, "expected 0 <= p < 1")
         factory = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         self.pattern = pattern
-        self.dropout = float(dropout)
+        self.dropout = check_dropout_p("dropout", dropout)
         self.batch_first = batch_first
         self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim, **factory)) if bias else None
@@ -105,12 +107,8 @@ class PatternAttention(nn.Module):
         x = query if self.batch_first else query.transpose(0, 1)
         batch, length, _ = x.shape
         check_attn_mask(attn_mask, is_causal, self.pattern, length)
-        if self.training and self.dropout > 0:
-            raise PatternError(
-                f"dropout={self.dropout} is not allowed in training: attnreg patterns have no attention-weight "
-                "dropout; build (or swap) with dropout=0.0, or call .eval()"
-            )
         inputs = self._pattern_inputs(x, real_tokens(key_padding_mask, batch, length), global_mask)
+        dropout_p = self.dropout if self.training else 0.0
         q, k, v = self._heads(x, self.in_proj_weight, self.in_proj_bias)
         weights = None
         if need_weights:
@@ -120,10 +118,10 @@ class PatternAttention(nn.Module):
                 self.attnreg_backend,
                 "None with need_weights=True (the weights come from the dense reference); pass need_weights=False",
             )
-            out, weights = attention_weights(q, k, v, self.pattern, **inputs)
+            out, weights = attention_weights(q, k, v, self.pattern, dropout_p=dropout_p, **inputs)
             weights = weights.mean(dim=1) if average_attn_weights else weights
         else:
-            out = attention(q, k, v, self.pattern, backend=self.attnreg_backend, **inputs)
+            out = attention(q, k, v, self.pattern, dropout_p=dropout_p, backend=self.attnreg_backend, **inputs)
         out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
         return (out if self.batch_first else out.transpose(0, 1)), weights
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from attnreg._validation import PatternError, require
+from attnreg.execution.dropout import check_dropout_p
 from attnreg.nn.attention import PatternAttention
 from attnreg.pattern.spec import Pattern
 from attnreg.registry import resolve_pattern
@@ -28,9 +29,10 @@ def swap(
     """Replace, in place, every ``nn.MultiheadAttention`` in ``model`` by a :class:`PatternAttention`.
 
     ``pattern`` is a :class:`attnreg.Pattern` or a registered name built with ``pattern_params``. ``include(name,
-    module)`` picks the modules to replace (e.g. leave a decoder's cross-attention alone). ``dropout`` overrides the
-    modules' attention dropout (attnreg has none: training with ``dropout > 0`` is refused). ``nn.TransformerEncoder``
-    parents get ``use_nested_tensor = False``: its nested-tensor fast path would bypass the pattern.
+    module)`` picks the modules to replace (e.g. leave a decoder's cross-attention alone). Each replacement keeps its
+    module's attention dropout (``mha.dropout``, applied in training mode only, on the fast engines) unless
+    ``dropout`` overrides it for all. ``nn.TransformerEncoder`` parents get ``use_nested_tensor = False``: its
+    nested-tensor fast path would bypass the pattern.
     """
     require(isinstance(model, nn.Module), "model", type(model).__name__, "expected a torch.nn.Module")
     pattern = resolve_pattern(pattern, pattern_params)
@@ -52,15 +54,20 @@ def swap(
 def from_multihead(
     mha: nn.MultiheadAttention, pattern: Pattern, *, dropout: float | None = None, name: str = "module"
 ) -> PatternAttention:
-    """A :class:`PatternAttention` with ``mha``'s weights, device and dtype; what cannot carry over is an error."""
+    """A :class:`PatternAttention` with ``mha``'s weights, device, dtype, training mode and attention dropout.
+
+    ``dropout`` (a probability in [0, 1)) replaces ``mha.dropout``; what cannot carry over is an error.
+    """
     _check_swappable(mha, name)
+    if dropout is None:
+        dropout = check_dropout_p(f"{name}.dropout", mha.dropout)
     weight = mha.in_proj_weight
     layer = PatternAttention(
         mha.embed_dim,
         mha.num_heads,
         pattern,
         bias=mha.in_proj_bias is not None,
-        dropout=mha.dropout if dropout is None else dropout,
+        dropout=dropout,
         batch_first=mha.batch_first,
         device=weight.device,
         dtype=weight.dtype,
