@@ -6,8 +6,6 @@ length (no multiple of the window needed); padded rows are zeros and never NaN i
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
@@ -18,8 +16,6 @@ from attnreg.nn import project_linears
 from attnreg_longformer.masks import layer_masks
 from attnreg_longformer.pattern import layer_pattern
 from attnreg_longformer.probs import transformers_probs
-
-Projections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class LongformerSelfAttention(nn.Module):
@@ -69,6 +65,8 @@ class LongformerSelfAttention(nn.Module):
         """``(output,)``, plus local and (with global tokens) global probabilities with ``output_attentions``.
 
         ``attention_mask`` is transformers' layer mask ``(batch, length)``: negative padding, 0 local, positive global.
+        In training the local and global probabilities are dropped with ``attention_probs_dropout_prob``, as
+        transformers does, on the engine the dispatcher picks; returned probabilities are then the dropped ones.
         """
         require(
             isinstance(hidden_states, torch.Tensor)
@@ -87,24 +85,24 @@ class LongformerSelfAttention(nn.Module):
             linears = (self.query, self.key, self.value, self.key_global, self.value_global)
             q, k, v, global_k, global_v = self._project(hidden_states, linears)
             global_qkv = (self._global_queries(hidden_states, masks.global_mask), global_k, global_v)
-        inputs = {"attention_mask": masks.real, "global_mask": masks.global_mask, "global_qkv": global_qkv}
+        inputs = {
+            "attention_mask": masks.real,
+            "global_mask": masks.global_mask,
+            "global_qkv": global_qkv,
+            "dropout_p": self.dropout if self.training else 0.0,
+        }
         if masks.global_mask is not None:
             inputs["max_globals"] = self.attnreg_max_globals
 
-        drop = self.training and self.dropout > 0
-        if not (output_attentions or drop):
+        if not output_attentions:
             out = attnreg.attention(q, k, v, self.pattern, **inputs, backend=self.attnreg_backend)
             return (self._merge_heads(out),)
 
         out, weights = attnreg.attention_weights(q, k, v, self.pattern, **inputs)
-        if drop:
-            weights, out = _dropped(weights, self.dropout, v, masks.global_mask, global_qkv)
-        outputs = (self._merge_heads(out),)
-        if output_attentions:
-            local, global_ = transformers_probs(weights, masks.global_mask, self.one_sided_attn_window_size)
-            outputs += (local,)
-            if masks.global_mask is not None and (is_global_attn or bool(masks.global_mask.any())):
-                outputs += (global_,)
+        local, global_ = transformers_probs(weights, masks.global_mask, self.one_sided_attn_window_size)
+        outputs = (self._merge_heads(out), local)
+        if masks.global_mask is not None and (is_global_attn or bool(masks.global_mask.any())):
+            outputs += (global_,)
         return outputs
 
     def _project(self, hidden_states: torch.Tensor, linears: tuple[nn.Module, ...]) -> tuple[torch.Tensor, ...]:
@@ -135,33 +133,3 @@ class LongformerSelfAttention(nn.Module):
     def _merge_heads(self, out: torch.Tensor) -> torch.Tensor:
         batch, _, length, _ = out.shape
         return out.transpose(1, 2).reshape(batch, length, self.embed_dim)
-
-
-def _dropped(
-    weights: torch.Tensor,
-    p: float,
-    v: torch.Tensor,
-    global_mask: torch.Tensor | None,
-    global_qkv: Projections | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention-probability dropout, as transformers applies it in training; needs the dense weights (O(length²))."""
-    _warn_dense_dropout(p)
-    weights = nn.functional.dropout(weights, p=p, training=True)
-    out = weights @ v
-    if global_qkv is not None:
-        out = torch.where(global_mask[:, None, :, None], weights @ global_qkv[2], out)
-    return weights, out
-
-
-_warned = False
-
-
-def _warn_dense_dropout(p: float) -> None:
-    global _warned
-    if not _warned:
-        _warned = True
-        warnings.warn(
-            f"attention_probs_dropout_prob={p} in training runs Longformer attention densely (O(length^2)) to drop "
-            "probabilities exactly as transformers does; set it to 0.0 to train on attnreg's linear engines",
-            stacklevel=3,
-        )

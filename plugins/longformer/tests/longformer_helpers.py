@@ -61,3 +61,4 @@ def layer_inputs(
         "is_index_global_attn": mask > 0,
         "is_global_attn": bool((mask > 0).any()),
     }
+

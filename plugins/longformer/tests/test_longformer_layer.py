@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import transformers
 from attnreg_longformer import LongformerSelfAttention
+from attnreg_longformer.probs import transformers_probs
 from longformer_helpers import layer_inputs
 from transformers.models.longformer import modeling_longformer
 
 import attnreg
+from attnreg import SelectedGlobals
+from attnreg.testing.dropout import inject_keep_flags, torch_dropout_keeps
 
 WINDOW = 4  # one-sided 2; transformers' layer needs lengths that are multiples of 2 * 2
 
@@ -146,18 +151,6 @@ def test_backend_attribute_is_passed_to_attnreg() -> None:
     assert torch.isfinite(ours(**inputs)[0]).all()
 
 
-def test_attention_dropout_in_training_is_applied_densely() -> None:
-    ours, _ = layer_pair()
-    inputs = layer_inputs([8, 6], [[0], [2]], 8)
-    evaluated = ours(**inputs)[0]
-    ours.train()
-    with pytest.warns(UserWarning, match="attention_probs_dropout_prob"):
-        trained = ours(**inputs)[0]
-    keep = ~inputs["is_index_masked"]
-    assert torch.isfinite(trained).all()
-    assert not torch.allclose(trained[keep], evaluated[keep])
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_is_finite_forward_and_backward(dtype: torch.dtype) -> None:
     ours, _ = layer_pair(dtype)
@@ -206,3 +199,129 @@ def test_a_bound_beyond_the_length_and_half_precision_autocast_project_the_globa
         out = ours(**inputs)[0]
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out[keep].float(), expected[keep], atol=5e-2, rtol=5e-2)
+
+
+# Attention dropout in training: attention_probs_dropout_prob on the local and global probabilities, as transformers.
+
+DROPOUT = 0.1  # layer_pair's config
+DROPOUT_INPUTS = ([11, 8], [[0, 10], [3]])  # padding, per-example global tokens, a length no multiple of anything
+
+
+def _seeded(layer: torch.nn.Module, seed: int, inputs: dict, **kwargs) -> tuple[torch.Tensor, ...]:
+    torch.manual_seed(seed)
+    return layer(**inputs, **kwargs)
+
+
+def test_training_drops_attention_reproducibly_per_seed_and_without_a_warning() -> None:
+    ours, _ = layer_pair()
+    inputs = layer_inputs(*DROPOUT_INPUTS, 11)
+    real = ~inputs["is_index_masked"]
+    evaluated = ours(**inputs)[0]
+    ours.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first, again, other = (_seeded(ours, seed, inputs)[0] for seed in (0, 0, 1))
+    assert torch.equal(first, again)
+    assert not torch.allclose(first[real], other[real])
+    assert not torch.allclose(first[real], evaluated[real])
+
+
+def test_training_without_dropout_equals_eval_mode() -> None:
+    ours, _ = layer_pair()
+    inputs = layer_inputs(*DROPOUT_INPUTS, 11)
+    evaluated = ours(**inputs)[0]
+    ours.train().dropout = 0.0
+    assert torch.equal(ours(**inputs)[0], evaluated)
+
+
+def test_dropout_is_unbiased_the_mean_over_draws_is_the_eval_output() -> None:
+    """Inverted dropout keeps the expectation: the mean of N independent draws is within a few standard errors of eval.
+
+    The draws are N copies of the batch in one call (each example draws its own flags). The bound is three times the
+    root of the summed per-element variance over N, the expected norm of an unbiased mean's error; a missing
+    ``1 / (1 - p)`` would put the mean off by ``p`` of the output, several times that bound.
+    """
+    draws = 200
+    ours, _ = layer_pair()
+    inputs = layer_inputs(*DROPOUT_INPUTS, 11)
+    real = ~inputs["is_index_masked"]
+    copies = {name: _copies(value, draws) for name, value in inputs.items()}
+    with torch.no_grad():
+        expected = ours(**inputs)[0][real]
+        samples = _seeded(ours.train(), 0, copies)[0].unflatten(0, (draws, -1))[:, real]
+    standard_error = (samples.var(dim=0).sum() / draws).sqrt()
+    assert (samples.mean(dim=0) - expected).norm() <= 3 * standard_error
+
+
+def _copies(value: torch.Tensor | bool, count: int) -> torch.Tensor | bool:
+    """``count`` copies of a batch, one after the other along the batch dimension (flags stay as they are)."""
+    return value.repeat(count, *[1] * (value.dim() - 1)) if isinstance(value, torch.Tensor) else value
+
+
+TRANSFORMERS_DROPOUT_CASES = {  # transformers' layer needs a multiple of the window
+    "per-example-globals": ([12, 9], [[0, 11], [3]]),
+    "window-only": ([12, 9], [[], []]),
+}
+
+
+@pytest.mark.parametrize("output_attentions", [False, True], ids=["fast-path", "output_attentions"])
+@pytest.mark.parametrize("case", TRANSFORMERS_DROPOUT_CASES)
+def test_training_equals_transformers_dropping_the_same_weights(
+    case: str, output_attentions: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """attnreg drops with flags given in its dense layout; transformers with the same flags in its local and global
+    layouts (mapped as ``output_attentions`` maps the weights). Global slots past an example's own count are
+    transformers' filler (dropped at random there, uniform in attnreg's) and are not compared."""
+    ours, theirs = layer_pair()
+    ours.train()
+    theirs.train()
+    inputs = layer_inputs(*TRANSFORMERS_DROPOUT_CASES[case], 12)
+    flags = inject_keep_flags(monkeypatch, DROPOUT)
+    got = ours(**inputs, output_attentions=output_attentions)
+    global_mask = inputs["is_index_global_attn"]
+    local, global_ = transformers_probs(flags[0].float(), global_mask, WINDOW // 2)
+    torch_dropout_keeps(monkeypatch, DROPOUT, [local, global_] if inputs["is_global_attn"] else [local])
+    expected = theirs(**inputs, output_attentions=output_attentions)
+    real = ~inputs["is_index_masked"]
+    assert len(got) == len(expected) and not flags[0].all()
+    torch.testing.assert_close(got[0][real], expected[0][real], atol=1e-5, rtol=1e-4)
+    if output_attentions:
+        torch.testing.assert_close(got[1], expected[1], atol=1e-6, rtol=1e-4)
+    if output_attentions and inputs["is_global_attn"]:
+        filled = SelectedGlobals.slots(global_mask, global_.shape[2])[1]
+        torch.testing.assert_close(got[2].transpose(1, 2)[filled], expected[2].transpose(1, 2)[filled])
+
+
+def test_training_with_dropout_gives_every_parameter_a_finite_gradient() -> None:
+    """Key biases included, though their gradient is zero up to rounding (in transformers too): a key bias shifts all
+    of a query's scores alike."""
+    ours, _ = layer_pair()
+    inputs = layer_inputs(*DROPOUT_INPUTS, 11)
+    hidden = inputs["hidden_states"].requires_grad_()
+    out = _seeded(ours.train(), 0, inputs)[0]
+    out[~inputs["is_index_masked"]].pow(2).sum().backward()
+    for name, parameter in [("hidden_states", hidden), *ours.named_parameters()]:
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+        assert name in {"key.bias", "key_global.bias"} or parameter.grad.abs().sum() > 0, name
+
+
+def test_bf16_training_with_dropout_is_finite_forward_and_backward() -> None:
+    ours, _ = layer_pair(torch.bfloat16)
+    inputs = layer_inputs(*DROPOUT_INPUTS, 11, dtype=torch.bfloat16)
+    hidden = inputs["hidden_states"].requires_grad_()
+    out = _seeded(ours.train(), 0, inputs)[0]
+    out.float().pow(2).sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(hidden.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in ours.parameters())
+
+
+def test_the_pinned_blocked_engine_trains_with_dropout() -> None:
+    ours, _ = layer_pair()
+    ours.train().attnreg_backend = "blocked"
+    inputs = layer_inputs(*DROPOUT_INPUTS, 11)
+    hidden = inputs["hidden_states"].requires_grad_()
+    real = ~inputs["is_index_masked"]
+    first, other = (_seeded(ours, seed, inputs)[0] for seed in (0, 1))
+    assert not torch.allclose(first[real], other[real])
+    first[real].pow(2).sum().backward()
+    assert torch.isfinite(first).all() and torch.isfinite(hidden.grad).all()

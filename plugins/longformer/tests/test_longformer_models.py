@@ -10,6 +10,7 @@ from longformer_helpers import TINY_CONFIG, make_batch
 from transformers.models.longformer import modeling_longformer
 
 import attnreg
+from attnreg.testing.dropout import inject_keep_flags
 
 # lengths are never a multiple of the windows (4 and 8: transformers pads to a multiple of 8)
 CASES = {
@@ -159,6 +160,31 @@ def test_half_precision_forward_and_backward_have_no_nan(checkpoint, dtype: torc
         expected = reference(**batch).logits
     keep = batch["attention_mask"].bool()
     assert (output.logits.float() - expected)[keep].abs().max() < 0.1
+
+
+def test_training_drops_every_layers_attention_at_the_configs_rate(checkpoint, monkeypatch) -> None:
+    path = checkpoint("LongformerForMaskedLM")
+    ours = attnreg.build("longformer", pretrained=str(path), attention_probs_dropout_prob=0.2).train()
+    flags = inject_keep_flags(monkeypatch, 0.2)  # fails a call that asks for another rate
+    batch = make_batch([21, 13, 6], [[0, 20], [3, 4], []])
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    ours(**batch, labels=labels).loss.backward()
+    assert len(flags) == TINY_CONFIG["num_hidden_layers"]
+
+
+def test_training_with_dropout_runs_on_the_pinned_blocked_engine(checkpoint) -> None:
+    ours, _ = pair(checkpoint, "LongformerForMaskedLM")
+    for layer in ours.modules():
+        if isinstance(layer, LongformerSelfAttention):
+            assert layer.dropout == 0.1  # transformers' default attention_probs_dropout_prob
+            layer.attnreg_backend = "blocked"
+    batch = make_batch([21, 13, 6], [[0, 20], [3, 4], []])
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    torch.manual_seed(0)
+    output = ours.train()(**batch, labels=labels)
+    output.loss.backward()
+    assert torch.isfinite(output.loss)
+    assert all(torch.isfinite(p.grad).all() for p in ours.parameters() if p.grad is not None)
 
 
 @pytest.mark.cuda

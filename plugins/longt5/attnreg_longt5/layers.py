@@ -8,7 +8,6 @@ without a tensor that grows with the sequence.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,11 +134,17 @@ class _AttnregLongT5Attention:
         aggregated_kv: tuple[torch.Tensor, torch.Tensor] | None,
         output_attentions: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The layer's output ``(batch, length, d_model)`` and, on request, the blocked attention weights."""
-        if self.training and self.dropout > 0:
-            _warn_no_attention_dropout()
+        """The layer's output ``(batch, length, d_model)`` and, on request, the blocked attention weights.
+
+        In training the attention probabilities are dropped with ``config.dropout_rate``, as transformers does after
+        its softmax; the returned weights are then the dropped ones the output was computed from.
+        """
         q, k, v = self._project(hidden_states, (self.q, self.k, self.v))
-        inputs: dict[str, Any] = {"attention_mask": real, "bias_weight": shared.bias_weight}
+        inputs: dict[str, Any] = {
+            "attention_mask": real,
+            "bias_weight": shared.bias_weight,
+            "dropout_p": self.dropout if self.training else 0.0,
+        }
         if aggregated_kv is not None:
             inputs.update(aggregated_kv=aggregated_kv, aggregated_bias_weight=shared.aggregated_bias_weight)
         blocked = None
@@ -181,17 +186,3 @@ class LongT5TransientGlobalAttention(_AttnregLongT5Attention, modeling_longt5.Lo
         """Keys and values of the aggregated tokens: block sums, the global norm, this layer's k/v projections."""
         aggregated = self.global_input_layer_norm(self.pattern.aggregated_globals.aggregate(hidden_states, real))
         return self._project(aggregated, (self.k, self.v))
-
-
-_warned_dropout = False
-
-
-def _warn_no_attention_dropout() -> None:
-    global _warned_dropout
-    if not _warned_dropout:
-        _warned_dropout = True
-        warnings.warn(
-            "attnreg_longt5: dropout on the attention probabilities (config.dropout_rate) is not applied by attnreg's "
-            "engines; dropout on hidden states still is. Set dropout_rate=0 for exact parity with transformers.",
-            stacklevel=3,
-        )

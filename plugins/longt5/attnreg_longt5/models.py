@@ -151,7 +151,8 @@ def make_config(name: str, config: LongT5Config | Mapping[str, Any] | None = Non
 def use_attnreg_attention(model: torch.nn.Module, *, backend: str | None = None) -> torch.nn.Module:
     """Put attnreg's drop-in layers in place of a transformers LongT5 model's encoder self-attention, in place.
 
-    The new layers take over the old ones' submodules, so weights are shared, not copied. Returns ``model``.
+    The new layers take over the old ones' submodules, so weights are shared, not copied, and keep their attention
+    dropout rate and train/eval mode. Returns ``model``.
     """
     encoder = getattr(model, "encoder", None)
     require(
@@ -168,6 +169,7 @@ def use_attnreg_attention(model: torch.nn.Module, *, backend: str | None = None)
                 new = layer_class(encoder.config, old.has_relative_attention_bias, layer_idx=index)
             for child_name, child in old.named_children():
                 setattr(new, child_name, child)
+            new.dropout = old.dropout
             new.train(old.training)
             setattr(block.layer[0], attribute, new)
         getattr(block.layer[0], attribute).attnreg_backend = backend

@@ -39,3 +39,4 @@ def padded_batch(lengths: list[int], vocab: int = 64, seed: int = 0) -> tuple[to
     ids = torch.randint(2, vocab, (len(lengths), longest), generator=generator)
     mask = (torch.arange(longest)[None, :] < torch.tensor(lengths)[:, None]).long()
     return ids * mask, mask
+

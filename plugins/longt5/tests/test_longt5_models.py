@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from attnreg_longt5 import LongT5LocalAttention, LongT5TransientGlobalAttention
-from attnreg_longt5.models import BASE_CONFIG, make_config
+from attnreg_longt5.models import BASE_CONFIG, make_config, use_attnreg_attention
 from longt5_helpers import KINDS, padded_batch, tiny_config
 from transformers import LongT5Config, LongT5EncoderModel, LongT5ForConditionalGeneration
 from transformers.models.longt5 import modeling_longt5
 
 import attnreg
+from attnreg.testing.dropout import inject_keep_flags
 
 # shorter than a block (5) and than a global block (3); one block; neither a multiple of 5 nor of 3; mixed padding
 BATCHES = [[2], [5], [23], [23, 17, 4, 1]]
@@ -105,6 +106,44 @@ def test_bf16_forward_and_backward_with_padding_give_no_nan(checkpoint, engine):
     output.loss.backward()
     assert output.logits.dtype == torch.bfloat16 and torch.isfinite(output.logits).all()
     assert all(torch.isfinite(p.grad).all() for p in ours.parameters() if p.grad is not None)
+
+
+def test_eval_mode_ignores_the_dropout_rate(checkpoint):
+    theirs, ours = _pair(checkpoint, dropout_rate=0.1)
+    ids, mask = padded_batch([23, 17, 4])
+    with torch.no_grad():
+        assert (_forward(ours, ids, mask).logits - _forward(theirs, ids, mask).logits).abs().max() <= 1e-4
+
+
+def test_training_drops_every_encoder_layers_attention_at_the_configs_rate(checkpoint, monkeypatch):
+    _, ours = _pair(checkpoint, dropout_rate=0.1)
+    flags = inject_keep_flags(monkeypatch, 0.1)  # fails a call that asks for another rate
+    ids, mask = padded_batch([23, 17, 4])
+    _forward(ours.train(), ids, mask).loss.backward()
+    assert len(flags) == ours.config.num_layers
+
+
+def test_training_with_dropout_runs_on_the_pinned_blocked_engine(checkpoint):
+    _, ours = _pair(checkpoint, "blocked", dropout_rate=0.1)
+    ids, mask = padded_batch([23, 17, 4, 1])
+    torch.manual_seed(0)
+    output = _forward(ours.train(), ids, mask)
+    output.loss.backward()
+    assert torch.isfinite(output.loss)
+    assert all(torch.isfinite(p.grad).all() for p in ours.parameters() if p.grad is not None)
+
+
+def test_switching_a_model_in_place_keeps_each_layers_dropout_and_mode(checkpoint):
+    _, folder = checkpoint
+    model = LongT5ForConditionalGeneration.from_pretrained(folder, dropout_rate=0.1).train()
+    kinds = (modeling_longt5.LongT5LocalAttention, modeling_longt5.LongT5TransientGlobalAttention)
+    next(m for m in model.encoder.modules() if isinstance(m, kinds)).dropout = 0.3
+    use_attnreg_attention(model)
+    layers = [
+        m for m in model.encoder.modules() if isinstance(m, (LongT5LocalAttention, LongT5TransientGlobalAttention))
+    ]
+    assert [layer.dropout for layer in layers] == [0.3, 0.1]
+    assert all(layer.training for layer in layers)
 
 
 def test_save_pretrained_reloads_in_plain_transformers(checkpoint, tmp_path):
