@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from harness import save_longformer
 
 import attnreg
 
@@ -30,21 +31,8 @@ IMPLEMENTATIONS = ("transformers", "attnreg")
 
 def save_checkpoint(args: argparse.Namespace, path: Path) -> None:
     """A random ``LongformerModel`` with the requested sizes, saved by transformers (dropout off: same maths)."""
-    config = transformers.LongformerConfig(
-        vocab_size=50265,
-        hidden_size=args.hidden,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        intermediate_size=4 * args.hidden,
-        attention_window=args.window,
-        max_position_embeddings=max(args.lengths) + args.window + 2,
-        type_vocab_size=1,
-        pad_token_id=1,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    torch.manual_seed(0)
-    transformers.LongformerModel(config).save_pretrained(path)
+    sizes = {"hidden": args.hidden, "layers": args.layers, "heads": args.heads, "window": args.window}
+    save_longformer(path, **sizes, max_length=max(args.lengths))
 
 
 def load(implementation: str, path: str, backend: str | None) -> torch.nn.Module:

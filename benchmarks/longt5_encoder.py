@@ -16,24 +16,22 @@ import tempfile
 from collections.abc import Callable
 
 import torch
-from attnreg_longt5.models import make_config
+from harness import LONGT5_SIZES, save_longt5
 from transformers import LongT5EncoderModel
 
 import attnreg
 from attnreg.bench.measure import median_seconds, peak_bytes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SIZES = {
-    "base": {},  # google/long-t5-tglobal-base: d_model 768, 12 layers, 12 heads
-    "tiny": {"d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 2},
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pattern", choices=["longt5-tglobal", "longt5-local"], default="longt5-tglobal")
     parser.add_argument("--pretrained", help="a checkpoint folder or hub id (default: a random one of --size)")
-    parser.add_argument("--size", choices=sorted(SIZES), default="base", help="random checkpoint size (default base)")
+    parser.add_argument(
+        "--size", choices=sorted(LONGT5_SIZES), default="base", help="random checkpoint size (default base)"
+    )
     parser.add_argument("--layers", type=int, help="encoder layers of the random checkpoint (default: the size's)")
     parser.add_argument("--lengths", default="4096,16384", help="comma-separated lengths (default 4096,16384)")
     parser.add_argument("--batch", type=int, default=1)
@@ -91,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = args.pretrained
         if checkpoint is None:
-            torch.manual_seed(0)
-            layers = {} if args.layers is None else {"num_layers": args.layers, "num_decoder_layers": args.layers}
-            LongT5EncoderModel(make_config(args.pattern, **{**SIZES[args.size], **layers})).save_pretrained(folder)
+            save_longt5(folder, args.pattern, size=args.size, layers=args.layers)
             checkpoint = folder
         models = load_models(args, checkpoint)
         config = models["attnreg"].config

@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
+from harness import alternate
 from torch import nn
 
 from attnreg.bench.cases import TRANSFORMERS
@@ -54,18 +54,6 @@ def _runs(name: str, length: int, grad: bool) -> tuple[Callable[[], None], Calla
     return layer, projections
 
 
-def _alternate(first: Callable[[], None], second: Callable[[], None], repeats: int) -> tuple[float, float]:
-    """Median seconds of each, timed alternately after one warm-up call each."""
-    first(), second()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, bucket in zip((first, second), times, strict=True):
-            start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="longt5-local,longt5-tglobal,longformer")
@@ -78,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only.split(","):
         for length in (int(part) for part in args.lengths.split(",")):
             layer, projections = _runs(name, length, args.grad)
-            whole, floor = _alternate(layer, projections, args.repeats)
+            times = alternate({"layer": layer, "projections": projections}, torch.device("cpu"), repeats=args.repeats)
+            whole, floor = (statistics.median(times[label]) for label in ("layer", "projections"))
             mode = "fwd+bwd" if args.grad else "forward"
             print(f"| {name} | {mode} | {length} | {whole * 1e3:,.0f} | {floor * 1e3:,.0f} | {whole / floor:.2f}x |")
             sys.stdout.flush()
