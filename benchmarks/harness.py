@@ -1,0 +1,177 @@
+"""What the benchmark scripts share: random checkpoints of the two anchors, alternating timings, the environment.
+
+Why a module: the encoder, train-step and fine-tuning benchmarks all save a random transformers checkpoint that both
+libraries then load, and time variants side by side; one copy of each keeps their figures comparable. The scripts
+run as ``python benchmarks/NAME.py``, which puts this folder on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+import attnreg
+from attnreg.bench.measure import median_seconds
+
+LONGT5_SIZES: dict[str, dict[str, Any]] = {
+    "base": {},  # google/long-t5-tglobal-base: d_model 768, 12 layers, 12 heads of 64, d_ff 2048
+    "tiny": {"d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 2},
+}
+"""``LongT5Config`` fields over the plugin's base size (``attnreg_longt5.models.BASE_CONFIG``)."""
+
+LONGFORMER_SIZES: dict[str, dict[str, int]] = {
+    "base": {"hidden": 768, "layers": 12, "heads": 12, "window": 512},  # allenai/longformer-base-4096
+    "tiny": {"hidden": 64, "layers": 2, "heads": 4, "window": 64},
+}
+"""``save_longformer`` sizes; the feed-forward width is four times the hidden size, as in the base model."""
+
+
+def save_longt5(
+    folder: str | Path, pattern: str, *, size: str = "base", layers: int | None = None, seed: int = 0, **fields: Any
+) -> transformers.LongT5Config:
+    """A random ``LongT5EncoderModel`` of ``size`` (``layers`` encoder layers if given) saved to ``folder``.
+
+    ``fields`` are further ``LongT5Config`` fields (``dropout_rate=0.1``); the weights come from ``seed``.
+    """
+    from attnreg_longt5.models import make_config
+
+    depth = {} if layers is None else {"num_layers": layers, "num_decoder_layers": layers}
+    config = make_config(pattern, **{**LONGT5_SIZES[size], **depth, **fields})
+    torch.manual_seed(seed)
+    transformers.LongT5EncoderModel(config).save_pretrained(folder)
+    return config
+
+
+def save_longformer(
+    folder: str | Path,
+    *,
+    hidden: int,
+    layers: int,
+    heads: int,
+    window: int,
+    max_length: int,
+    model_class: type[transformers.PreTrainedModel] = transformers.LongformerModel,
+    seed: int = 0,
+    **fields: Any,
+) -> transformers.LongformerConfig:
+    """A random Longformer (``model_class``) with these sizes, positions for ``max_length`` tokens, saved to ``folder``.
+
+    ``fields`` are further ``LongformerConfig`` fields; unless given, both dropouts are off (the same maths on both
+    sides). transformers pads inputs to a multiple of the window, so the positions cover ``max_length + window``.
+    """
+    options: dict[str, Any] = {
+        "vocab_size": 50265,
+        "type_vocab_size": 1,
+        "pad_token_id": 1,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        **fields,
+    }
+    config = transformers.LongformerConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        attention_window=window,
+        max_position_embeddings=max_length + window + 2,
+        **options,
+    )
+    torch.manual_seed(seed)
+    model_class(config).save_pretrained(folder)
+    return config
+
+
+def set_hidden_dropout(model: torch.nn.Module, p: float) -> int:
+    """Set ``p`` on every ``torch.nn.Dropout`` of ``model``; returns how many there were.
+
+    In transformers' LongT5 and Longformer these modules are the hidden-state dropouts: attention-probability dropout
+    is a float on the attention layer (``dropout``), taken from the config. LongT5 has one ``dropout_rate`` for both,
+    so a model with attention dropout off but hidden dropout on is built with ``dropout_rate=0`` and then this.
+    """
+    modules = [module for module in model.modules() if isinstance(module, torch.nn.Dropout)]
+    for module in modules:
+        module.p = p
+    return len(modules)
+
+
+def alternate(
+    runs: Mapping[str, Callable[[], object]], device: torch.device, *, repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds of every call of each run, timed alternately: ``warmup`` untimed rounds, then ``repeats`` rounds.
+
+    Alternating spreads a shared machine's slow moments over every variant instead of one. Each call is timed by
+    ``attnreg.bench.measure.median_seconds`` (one call, synchronised on CUDA); take the median of each list.
+    """
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(repeats):
+        for label, run in runs.items():
+            times[label].append(median_seconds(run, device, repeats=1, warmup=0))
+    return times
+
+
+def cpu_model() -> str:
+    """The processor's name, from ``lscpu`` or ``/proc/cpuinfo`` (machines of one kind are not all the same CPU)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, timeout=10).stdout
+        found = re.search(r"^Model name:\s*(.+)$", text, re.MULTILINE)
+        if found:
+            return found.group(1).strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        if found:
+            return found.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """The matrix-unit flags that change CPU figures most (AMX, AVX-512 bf16/VNNI) that this processor has."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    found = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
+    flags = set(found.group(1).split()) if found else set()
+    return sorted(flags & {"amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512f", "avx512_vnni", "avx_vnni"})
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions, threads and hardware a figure was measured with, for the ``--json`` files."""
+    found: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "attnreg": attnreg.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        found["gpu"] = torch.cuda.get_device_name(device)
+    return found
+
+
+def describe(env: Mapping[str, Any]) -> str:
+    """One line of ``environment()`` for the top of a printed report."""
+    text = (
+        f"torch {env['torch']}, transformers {env['transformers']}, attnreg {env['attnreg']}; "
+        f"{env['threads']} threads on {env['cpu_count']} CPUs ({env['cpu']}); device {env['device']}"
+    )
+    return text + (f" ({env['gpu']})" if "gpu" in env else "")
