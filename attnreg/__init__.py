@@ -1,6 +1,6 @@
 """attnreg: a registry of sparse attention patterns for PyTorch, with fast engines and model builders."""
 
-from attnreg._validation import PatternError
+from attnreg import validation
 from attnreg.execution import AttentionCall, BackendUnavailableError, Engine
 from attnreg.functional import attention, attention_weights
 from attnreg.models import build, list_builders
@@ -9,6 +9,7 @@ from attnreg.pattern import AggregatedGlobals, Cost, Pattern, RelativePositionBi
 from attnreg.registry import (
     ConflictError,
     PluginError,
+    PluginRegistrar,
     UnknownNameError,
     get_pattern,
     get_registry,
@@ -18,12 +19,14 @@ from attnreg.registry import (
     reload_registry,
     unregister_plugin,
 )
+from attnreg.validation import AttnregError, PatternError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AggregatedGlobals",
     "AttentionCall",
+    "AttnregError",
     "BackendUnavailableError",
     "ConflictError",
     "Cost",
@@ -32,6 +35,7 @@ __all__ = [
     "PatternAttention",
     "PatternError",
     "PluginError",
+    "PluginRegistrar",
     "RelativePositionBias",
     "SelectedGlobals",
     "UnknownNameError",
@@ -48,4 +52,5 @@ __all__ = [
     "reload_registry",
     "swap",
     "unregister_plugin",
+    "validation",
 ]

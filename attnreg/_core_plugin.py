@@ -11,20 +11,21 @@ from attnreg.registry.registry import PluginRegistrar
 
 
 @hookimpl
-def attnreg_add_engines(registry: PluginRegistrar) -> None:
+def attnreg_add_engines(registrar: PluginRegistrar) -> None:
     """The dense reference engine and the engines of the core."""
-    registry.add_engine(ReferenceEngine())
-    registry.add_engine(DenseSdpaEngine())
-    registry.add_engine(XformersEngine())
-    registry.add_engine(BlockedEngine())
+    registrar.add_engine(ReferenceEngine())
+    registrar.add_engine(DenseSdpaEngine())
+    registrar.add_engine(XformersEngine())
+    registrar.add_engine(BlockedEngine())
 
 
 @hookimpl
-def attnreg_add_builders(registry: PluginRegistrar) -> None:
+def attnreg_add_builders(registrar: PluginRegistrar) -> None:
     """The generic models, for any registered pattern: ``encoder`` and ``encoder-decoder``."""
     from attnreg.models.generic import build_encoder, build_encoder_decoder
 
-    registry.add_builder("encoder", build_encoder, description="generic encoder for any pattern (pattern=NAME, ...)")
-    registry.add_builder(
+    registrar.add_builder("encoder", build_encoder, description="generic encoder for any pattern (pattern=NAME, ...)")
+    registrar.add_builder(
         "encoder-decoder", build_encoder_decoder, description="generic encoder-decoder for any pattern (pattern=NAME)"
     )
+

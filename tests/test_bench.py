@@ -55,12 +55,12 @@ def _pattern(radius: int = 3) -> Pattern:
 class _BenchPlugin:
     @staticmethod
     @attnreg.hookimpl
-    def attnreg_add_patterns(registry) -> None:
-        registry.add_pattern("bench-banded", _pattern)
+    def attnreg_add_patterns(registrar) -> None:
+        registrar.add_pattern("bench-banded", _pattern)
 
     @staticmethod
     @attnreg.hookimpl
-    def attnreg_add_benchmarks(registry) -> None:
+    def attnreg_add_benchmarks(registrar) -> None:
         def make_cases(length: int, *, batch: int, device, dtype) -> dict:
             """A tiny banded layer against a dense stand-in."""
             layer = _Layer(_pattern()).to(device=device, dtype=dtype)
@@ -71,7 +71,7 @@ class _BenchPlugin:
                 "transformers": (_Dense(layer), {"hidden_states": hidden}),
             }
 
-        registry.add_benchmark("bench-layer", make_cases)
+        registrar.add_benchmark("bench-layer", make_cases)
 
 
 @pytest.fixture(autouse=True)

@@ -14,12 +14,12 @@ class _ExplainPlugin:
 
     @staticmethod
     @attnreg.hookimpl
-    def attnreg_add_patterns(registry) -> None:
+    def attnreg_add_patterns(registrar) -> None:
         def banded(radius: int = 4, buckets: int = 8) -> Pattern:
             """A banded window with a relative bias."""
             return Pattern(window=Window.symmetric(radius), bias=RelativePositionBias(buckets, 16), scale=1.0)
 
-        registry.add_pattern("explain-banded", banded)
+        registrar.add_pattern("explain-banded", banded)
 
 
 @pytest.fixture(autouse=True)

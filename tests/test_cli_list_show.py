@@ -6,6 +6,7 @@ claim one name), so the commands are checked through the same entry points as an
 
 from __future__ import annotations
 
+import inspect
 import sys
 import types
 
@@ -13,6 +14,9 @@ import pytest
 
 import attnreg
 from attnreg.cli import main
+from attnreg.cli._params import parameter_text, plain_text
+
+KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 DEMO = """
     import attnreg
@@ -36,10 +40,10 @@ DEMO = """
 
 
     @attnreg.hookimpl
-    def attnreg_add_patterns(registry):
-        registry.add_pattern("demo-tglobal", demo_tglobal)
-        registry.add_pattern("demo-globals", demo_globals)
-        registry.add_pattern("demo-clashing-options", demo_clashing_options)
+    def attnreg_add_patterns(registrar):
+        registrar.add_pattern("demo-tglobal", demo_tglobal)
+        registrar.add_pattern("demo-globals", demo_globals)
+        registrar.add_pattern("demo-clashing-options", demo_clashing_options)
 """
 ENGINES = """
     import attnreg
@@ -60,22 +64,33 @@ ENGINES = """
 
 
     @attnreg.hookimpl
-    def attnreg_add_engines(registry):
-        registry.add_engine(DemoEngine())
+    def attnreg_add_engines(registrar):
+        registrar.add_engine(DemoEngine())
 """
 BROKEN = "import attnreg\nraise ImportError('this plugin is broken on purpose')\n"
+MISSPELT = """
+    import attnreg
+
+    @attnreg.hookimpl
+    def attnreg_add_engine(registrar):
+        pass
+"""
+UNMARKED = """
+    def attnreg_add_patterns(registrar):
+        pass
+"""
 CLASH = """
     import attnreg
 
     @attnreg.hookimpl
-    def attnreg_add_patterns(registry):
-        registry.add_pattern("clash", lambda: attnreg.Pattern())
+    def attnreg_add_patterns(registrar):
+        registrar.add_pattern("clash", lambda: attnreg.Pattern())
 """
 
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory, write_distribution):
-    """One folder with a working, a broken and two clashing plugin distributions."""
+    """One folder with a working, a broken, a misspelt, an unmarked and two clashing plugin distributions."""
     site = tmp_path_factory.mktemp("site")
     write_distribution(
         site,
@@ -85,6 +100,8 @@ def sites(tmp_path_factory, write_distribution):
         {"demo": "demo_plugin", "demo_engines": "demo_engines"},
     )
     write_distribution(site, "attnreg-broken", "0.3", {"broken_plugin": BROKEN}, {"broken": "broken_plugin"})
+    write_distribution(site, "attnreg-typo", "0.1", {"typo_plugin": MISSPELT}, {"typo": "typo_plugin"})
+    write_distribution(site, "attnreg-idle", "1.0", {"idle_plugin": UNMARKED}, {"idle": "idle_plugin"})
     write_distribution(site, "attnreg-clash-a", "1.0", {"clash_a": CLASH}, {"clash_a": "clash_a"})
     write_distribution(site, "attnreg-clash-b", "2.0", {"clash_b": CLASH}, {"clash_b": "clash_b"})
     return [site]
@@ -120,6 +137,61 @@ def test_list_shows_a_broken_plugin_with_the_end_of_its_traceback(listed):
     assert "--verbose" in failed
 
 
+def test_list_shows_a_misspelt_hook_as_its_plugins_failure_with_the_closest_hook(listed):
+    failed = listed.stdout.split("failed plugins:")[1].split("\n\n")[0]
+    assert "  typo  attnreg-typo 0.1  has hook functions attnreg cannot call\n" in failed
+    assert (
+        "    attnreg_add_engine is marked @attnreg.hookimpl but attnreg has no hook 'attnreg_add_engine'; "
+        "did you mean 'attnreg_add_engines'?"
+    ) in failed
+
+
+def test_list_notes_a_plugin_that_registered_nothing(listed):
+    section = listed.stdout.split("plugins that registered nothing:\n")[1].split("\n\n")[0]
+    assert section.splitlines() == [
+        "  idle  attnreg-idle 1.0  registered nothing: attnreg_add_patterns is not marked @attnreg.hookimpl, "
+        "so never called"
+    ]
+
+
+def test_list_prints_docstring_descriptions_without_rst_markup(listed):
+    row = next(line for line in listed.stdout.splitlines() if line.strip().startswith("demo-clashing-options"))
+    assert row.endswith("A causal window of length keys, right keys ahead (a parameter without a typed default).")
+
+
+@pytest.mark.parametrize(
+    ("text", "plain"),
+    [
+        ("a ``radius`` of keys", "a radius of keys"),
+        ("see :class:`attnreg.Window`", "see attnreg.Window"),
+        ("see :func:`~attnreg.registry.get_pattern`", "see get_pattern"),
+        ("see :py:meth:`attnreg.Pattern.materialize`", "see attnreg.Pattern.materialize"),
+        ("see :doc:`the guide <plugin-authoring>`", "see the guide"),
+        ("the `default role` and a `link`_", "the default role and a link"),
+        ("LongT5 local attention: |i-j| <= r, T5 bias", "LongT5 local attention: |i-j| <= r, T5 bias"),
+    ],
+)
+def test_plain_text_takes_off_rst_inline_markup_as_sphinx_renders_it(text, plain):
+    assert plain_text(text) == plain
+
+
+@pytest.mark.parametrize(
+    ("parameter", "text"),
+    [
+        (inspect.Parameter("radius", KEYWORD, default=16, annotation=int), "radius: int = 16"),
+        (
+            inspect.Parameter("softcap", KEYWORD, default=None, annotation="float | None"),
+            "softcap: float | None = None",
+        ),
+        (inspect.Parameter("right", KEYWORD, default=None), "right=None"),
+        (inspect.Parameter("size", KEYWORD, annotation="int"), "size: int (required)"),
+        (inspect.Parameter("size", KEYWORD), "size (required)"),
+    ],
+)
+def test_a_parameter_reads_as_in_its_factorys_signature(parameter, text):
+    assert parameter_text(parameter) == text
+
+
 def test_list_shows_conflicts_naming_both_distributions(listed):
     conflicts = listed.stdout.split("conflicts")[1]
     assert "pattern 'clash': clash_a (attnreg-clash-a 1.0) and clash_b (attnreg-clash-b 2.0)" in conflicts
@@ -145,12 +217,35 @@ def test_list_names_the_disabled_plugins(global_registry, capsys):
     assert ["clash", "clash_a", "attnreg-clash-a", "1.0"] in [line.split() for line in out.splitlines()]
 
 
-def test_list_verbose_shows_the_whole_traceback(global_registry, listed, capsys):
+@pytest.fixture
+def listed_verbose(global_registry, capsys):
+    """What ``attnreg list --verbose`` prints, run in this process."""
     global_registry()
     assert main(["list", "--verbose"]) == 0
-    verbose = capsys.readouterr().out
-    assert "in _load_entry_points" in verbose
+    return capsys.readouterr().out
+
+
+def test_list_verbose_shows_the_whole_traceback(listed_verbose, listed):
+    assert "in _load_entry_points" in listed_verbose
     assert "in _load_entry_points" not in listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("pattern", "parameters"),
+    [
+        ("demo-tglobal", "local_radius: int = 2, global_block_size: int = 4, causal: bool = False, scale: float = 1.0"),
+        ("demo-clashing-options", "length: int = 3, right=None"),
+        ("demo-globals", "radius: int = 1"),
+    ],
+)
+def test_list_verbose_shows_each_patterns_parameters_under_it(listed_verbose, pattern, parameters):
+    lines = listed_verbose.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.strip().startswith(pattern))
+    assert lines[row + 1] == f"      parameters: {parameters}"
+
+
+def test_list_without_verbose_shows_no_parameters(listed):
+    assert "parameters:" not in listed.stdout
 
 
 def test_list_in_strict_mode_fails_naming_the_broken_plugin(global_registry, capsys):
@@ -253,6 +348,14 @@ def test_show_help_lists_the_pattern_parameters_as_kebab_case_options(capsys):
     help_text = capsys.readouterr().out
     for option in ["--local-radius LOCAL_RADIUS", "--global-block-size GLOBAL_BLOCK_SIZE", "--causal, --no-causal"]:
         assert option in help_text
+
+
+@pytest.mark.usefixtures("demo_registered")
+def test_show_help_describes_the_pattern_in_plain_text(capsys):
+    with pytest.raises(SystemExit):
+        main(["show", "demo-clashing-options", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "Draw pattern 'demo-clashing-options': A causal window of length keys, right keys ahead" in help_text
 
 
 @pytest.mark.usefixtures("demo_registered")

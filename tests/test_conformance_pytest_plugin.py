@@ -38,13 +38,13 @@ class OffByOne(attnreg.Engine):
 class Plugin:
     @staticmethod
     @attnreg.hookimpl
-    def attnreg_add_patterns(registry):
-        registry.add_pattern("tiny-window", lambda left=2: attnreg.Pattern(window=attnreg.Window(left, 1)))
+    def attnreg_add_patterns(registrar):
+        registrar.add_pattern("tiny-window", lambda left=2: attnreg.Pattern(window=attnreg.Window(left, 1)))
 
     @staticmethod
     @attnreg.hookimpl
-    def attnreg_add_engines(registry):
-        registry.add_engine(OffByOne())
+    def attnreg_add_engines(registrar):
+        registrar.add_engine(OffByOne())
 
 
 attnreg.register_plugin(Plugin, "pytest-plugin-test")

@@ -141,14 +141,14 @@ PLANTED = [
 class ProbePlugin:
     @staticmethod
     @attnreg.hookimpl
-    def attnreg_add_patterns(registry):
-        registry.add_pattern(PROBE, probe_pattern, description="every part at once (conformance tests)")
+    def attnreg_add_patterns(registrar):
+        registrar.add_pattern(PROBE, probe_pattern, description="every part at once (conformance tests)")
 
     @staticmethod
     @attnreg.hookimpl
-    def attnreg_add_engines(registry):
+    def attnreg_add_engines(registrar):
         for engine in PLANTED:
-            registry.add_engine(engine())
+            registrar.add_engine(engine())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -256,8 +256,8 @@ def test_bad_parameter_check_catches_a_factory_that_accepts_anything():
     class Careless:
         @staticmethod
         @attnreg.hookimpl
-        def attnreg_add_patterns(registry):
-            registry.add_pattern("careless", careless)
+        def attnreg_add_patterns(registrar):
+            registrar.add_pattern("careless", careless)
 
     name = attnreg.register_plugin(Careless, "careless-plugin")
     try:

@@ -37,8 +37,8 @@ def third_party_pattern(radius: int = 2) -> attnreg.Pattern:
 class ThirdParty:
     @staticmethod
     @attnreg.hookimpl
-    def attnreg_add_patterns(registry):
-        registry.add_pattern("third-party-everything", third_party_pattern)
+    def attnreg_add_patterns(registrar):
+        registrar.add_pattern("third-party-everything", third_party_pattern)
 
 
 @pytest.fixture(scope="module", autouse=True)

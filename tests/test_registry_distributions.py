@@ -14,8 +14,8 @@ WORKING = """
     import attnreg
 
     @attnreg.hookimpl
-    def attnreg_add_patterns(registry):
-        registry.add_pattern("{name}", lambda radius=1: attnreg.Pattern(window=attnreg.Window(radius, radius)))
+    def attnreg_add_patterns(registrar):
+        registrar.add_pattern("{name}", lambda radius=1: attnreg.Pattern(window=attnreg.Window(radius, radius)))
 """
 BROKEN_IMPORT = """
     import attnreg
@@ -25,9 +25,27 @@ RAISES_IN_HOOK = """
     import attnreg
 
     @attnreg.hookimpl
-    def attnreg_add_patterns(registry):
+    def attnreg_add_patterns(registrar):
         raise RuntimeError("boom in the hook")
 """
+MISSPELT_HOOK = """
+    import attnreg
+
+    @attnreg.hookimpl
+    def attnreg_add_pattern(registrar):
+        registrar.add_pattern("never", lambda: attnreg.Pattern())
+"""
+UNMARKED_HOOK = """
+    import attnreg
+
+    def attnreg_add_patterns(registrar):
+        registrar.add_pattern("never", lambda: attnreg.Pattern())
+"""
+
+
+def plugin_patterns(registry):
+    """The pattern names the test's distributions registered (the core's own gallery left out)."""
+    return [name for name in registry.list_patterns() if registry.pattern_entry(name).plugin.name != "attnreg.core"]
 
 
 def working(site, dist, module, pattern, write_distribution, version="1.0"):
@@ -40,7 +58,7 @@ def test_a_plugin_distribution_adds_its_pattern_with_its_distribution_and_versio
 ):
     site = working(tmp_path / "site", "attnreg-ringo", "ringo_plugin", "ringo", write_distribution, version="2.5.1")
     registry = load_registry(site)
-    assert registry.list_patterns() == ["ringo"]
+    assert plugin_patterns(registry) == ["ringo"]
     assert registry.get_pattern("ringo", radius=4) == Pattern(window=Window(4, 4))
     plugin = registry.pattern_entry("ringo").plugin
     assert (plugin.name, plugin.distribution, plugin.version, plugin.source) == (
@@ -65,7 +83,7 @@ def test_a_failing_plugin_is_kept_aside_with_its_traceback_and_the_others_load(
     site = working(tmp_path / "site", "attnreg-ringo", "ringo_plugin", "ringo", write_distribution)
     write_distribution(site, "attnreg-broken", "0.3", {"broken_plugin": source}, {"broken_plugin": "broken_plugin"})
     registry = load_registry(site)
-    assert registry.list_patterns() == ["ringo"]
+    assert plugin_patterns(registry) == ["ringo"]
     (failure,) = registry.failures()
     assert (failure.name, failure.source) == ("broken_plugin", "attnreg-broken 0.3")
     assert failure.error.startswith(what)
@@ -73,10 +91,42 @@ def test_a_failing_plugin_is_kept_aside_with_its_traceback_and_the_others_load(
     assert detail in failure.error
 
 
+def test_a_plugin_with_a_misspelt_hook_name_is_kept_aside_naming_the_function_and_the_closest_hook(
+    tmp_path, load_registry, write_distribution
+):
+    site = working(tmp_path / "site", "attnreg-ringo", "ringo_plugin", "ringo", write_distribution)
+    write_distribution(site, "attnreg-typo", "0.3", {"typo_plugin": MISSPELT_HOOK}, {"typo_plugin": "typo_plugin"})
+    registry = load_registry(site)
+    assert plugin_patterns(registry) == ["ringo"]
+    (failure,) = registry.failures()
+    assert (failure.name, failure.source) == ("typo_plugin", "attnreg-typo 0.3")
+    assert failure.error == (
+        "has hook functions attnreg cannot call:\n"
+        "attnreg_add_pattern is marked @attnreg.hookimpl but attnreg has no hook 'attnreg_add_pattern'; "
+        "did you mean 'attnreg_add_patterns'?"
+    )
+    assert not registry.manager.has_plugin("typo_plugin")
+
+
+def test_a_plugin_that_registers_nothing_is_noted_beside_the_working_ones(tmp_path, load_registry, write_distribution):
+    site = working(tmp_path / "site", "attnreg-ringo", "ringo_plugin", "ringo", write_distribution)
+    write_distribution(site, "attnreg-idle", "1.0", {"idle_plugin": UNMARKED_HOOK}, {"idle_plugin": "idle_plugin"})
+    registry = load_registry(site, env={"ATTNREG_STRICT": "1"})
+    assert plugin_patterns(registry) == ["ringo"]
+    assert not registry.failures()
+    assert registry.empty_plugins == {
+        "idle_plugin": "registered nothing: attnreg_add_patterns is not marked @attnreg.hookimpl, so never called"
+    }
+
+
 @pytest.mark.parametrize(
     ("source", "message"),
-    [(BROKEN_IMPORT, "failed to import"), (RAISES_IN_HOOK, "raised in its attnreg_add_patterns hook")],
-    ids=["import-error", "hook-raises"],
+    [
+        (BROKEN_IMPORT, "failed to import"),
+        (RAISES_IN_HOOK, "raised in its attnreg_add_patterns hook"),
+        (MISSPELT_HOOK, "has hook functions attnreg cannot call (?s:.)*did you mean 'attnreg_add_patterns'"),
+    ],
+    ids=["import-error", "hook-raises", "misspelt-hook"],
 )
 def test_strict_mode_makes_a_failing_plugin_fatal(tmp_path, load_registry, write_distribution, source, message):
     site = write_distribution(
@@ -104,7 +154,7 @@ def test_two_distributions_claiming_one_name_is_an_error_naming_both(
     site_b = working(tmp_path / "b", "attnreg-beta", "beta_plugin", "shared", write_distribution, version="2.0")
     working(tmp_path / "a", "attnreg-alpha-extra", "alpha_extra", "alpha-only", write_distribution)
     registry = load_registry(*([site_a, site_b] if order == "a-first" else [site_b, site_a]))
-    assert registry.list_patterns() == ["alpha-only"]
+    assert plugin_patterns(registry) == ["alpha-only"]
     with pytest.raises(ConflictError) as error:
         registry.get_pattern("shared")
     assert str(error.value).startswith(
@@ -153,7 +203,7 @@ def test_one_entry_point_name_in_two_distributions_is_a_conflict_naming_both(
     tmp_path, load_registry, write_distribution
 ):
     registry = load_registry(*two_distributions_with_one_entry_point_name(tmp_path, write_distribution))
-    assert registry.list_patterns() == []
+    assert plugin_patterns(registry) == []
     assert not registry.failures()
     (conflict,) = registry.conflicts.values()
     assert str(conflict.error()).startswith(
@@ -166,5 +216,5 @@ def test_disabling_one_of_two_distributions_sharing_an_entry_point_name_loads_th
 ):
     sites = two_distributions_with_one_entry_point_name(tmp_path, write_distribution)
     registry = load_registry(*sites, env={"ATTNREG_DISABLE_PLUGINS": "attnreg-two"})
-    assert registry.list_patterns() == ["pattern-one"]
+    assert plugin_patterns(registry) == ["pattern-one"]
     assert not registry.conflicts

@@ -1,11 +1,15 @@
-"""Plugins registered at run time (notebooks, tests), name look-ups, and pattern parameters."""
+"""Plugins registered at run time (notebooks, tests), their hooks, name look-ups, pattern parameters and errors."""
 
 from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
 
 import pytest
 
 import attnreg
-from attnreg import ConflictError, Pattern, PatternError, PluginError, UnknownNameError, Window
+from attnreg import AttnregError, ConflictError, Pattern, PatternError, PluginError, UnknownNameError, Window
 from attnreg.registry import Registry
 
 
@@ -21,25 +25,66 @@ class Patterns:
         self.names = names
 
     @attnreg.hookimpl
-    def attnreg_add_patterns(self, registry) -> None:
+    def attnreg_add_patterns(self, registrar) -> None:
         for name in self.names:
-            registry.add_pattern(name, sliding)
+            registrar.add_pattern(name, sliding)
 
 
 class RaisesInHook:
     @attnreg.hookimpl
-    def attnreg_add_patterns(self, registry) -> None:
+    def attnreg_add_patterns(self, registrar) -> None:
         raise RuntimeError("boom in the hook")
 
 
 class ReturnsNotAPattern:
     @attnreg.hookimpl
+    def attnreg_add_patterns(self, registrar) -> None:
+        registrar.add_pattern("not-a-pattern", lambda: {"window": 3})
+
+
+class MisspeltHook:
+    @attnreg.hookimpl
+    def attnreg_add_pattern(self, registrar) -> None:
+        registrar.add_pattern("never", sliding)
+
+
+class UnknownArgument:
+    @attnreg.hookimpl
+    def attnreg_add_patterns(self, reg) -> None:
+        reg.add_pattern("never", sliding)
+
+
+class OldArgumentName:
+    @attnreg.hookimpl
     def attnreg_add_patterns(self, registry) -> None:
-        registry.add_pattern("not-a-pattern", lambda: {"window": 3})
+        registry.add_pattern("old-style", sliding)
+
+
+class UnmarkedHook:
+    def attnreg_add_patterns(self, registrar) -> None:
+        registrar.add_pattern("never", sliding)
+
+
+class AddsNothing:
+    @attnreg.hookimpl
+    def attnreg_add_patterns(self, registrar) -> None:
+        pass
+
+
+class OptionalUnknownHook:
+    @attnreg.hookimpl(optionalhook=True)
+    def attnreg_add_something_newer(self, registrar) -> None:
+        pass
 
 
 @pytest.fixture
 def registry() -> Registry:
+    """A registry without any plugin, not even the core's: the tests see only what they register."""
+    return Registry(strict=False)
+
+
+@pytest.fixture
+def core_registry() -> Registry:
     """A registry with the core plugin only (no entry points)."""
     return Registry.load(entry_points=False, strict=False)
 
@@ -60,11 +105,26 @@ def test_unregistering_removes_its_patterns(registry):
         registry.get_pattern("slide")
 
 
-@pytest.mark.parametrize("name", ["nobody", "attnreg.core"])
-def test_unregistering_an_unknown_or_the_core_plugin_is_an_error(registry, name):
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("nobody", "unknown plugin 'nobody', nothing to unregister; plugins: mine, other"),
+        ("mien", "unknown plugin 'mien', nothing to unregister; did you mean 'mine'? plugins: mine, other"),
+    ],
+)
+def test_unregistering_an_unknown_plugin_is_an_unknown_name_error_listing_the_plugins(registry, name, message):
     registry.register_plugin(Patterns("slide"), "mine")
-    with pytest.raises(PatternError, match=f"name='{name}' is not allowed: registered plugins are mine"):
+    registry.register_plugin(Patterns("glide"), "other")
+    with pytest.raises(UnknownNameError) as error:
         registry.unregister_plugin(name)
+    assert isinstance(error.value, KeyError)
+    assert str(error.value) == message
+
+
+def test_unregistering_the_core_plugin_is_a_plugin_error(core_registry):
+    with pytest.raises(PluginError, match=r"plugin 'attnreg\.core' cannot be unregistered: it is attnreg's own"):
+        core_registry.unregister_plugin("attnreg.core")
+    assert "reference" in core_registry.engine_table
 
 
 def test_registering_a_second_plugin_of_one_name_is_an_error(registry):
@@ -91,6 +151,75 @@ def test_a_run_time_plugin_whose_hook_raises_is_an_error_and_can_be_registered_a
     assert registry.list_patterns() == ["slide"]
 
 
+@pytest.mark.parametrize(
+    ("plugin", "problem"),
+    [
+        (
+            MisspeltHook(),
+            "attnreg_add_pattern is marked @attnreg.hookimpl but attnreg has no hook 'attnreg_add_pattern'; "
+            "did you mean 'attnreg_add_patterns'?",
+        ),
+        (
+            UnknownArgument(),
+            "attnreg_add_patterns(reg) takes 'reg', which attnreg_add_patterns does not pass: "
+            "a hook function takes `registrar` (an attnreg.PluginRegistrar)",
+        ),
+    ],
+    ids=["misspelt-hook-name", "unknown-argument"],
+)
+def test_a_hook_function_attnreg_cannot_call_is_an_error_naming_it_and_registers_nothing(registry, plugin, problem):
+    with pytest.raises(PluginError) as error:
+        registry.register_plugin(plugin, "typo")
+    assert str(error.value) == f"plugin 'typo' has hook functions attnreg cannot call:\n{problem}"
+    assert "typo" not in registry.plugins
+    assert not registry.manager.has_plugin("typo")
+
+
+def test_a_misspelt_hook_name_far_from_every_hook_lists_the_hooks(registry):
+    class FarOff:
+        @attnreg.hookimpl
+        def register_my_patterns(self, registrar) -> None:
+            pass
+
+    with pytest.raises(PluginError, match="has no hook 'register_my_patterns'; the hooks are attnreg_add_patterns, "):
+        registry.register_plugin(FarOff(), "far")
+
+
+def test_an_unknown_hook_marked_optional_is_allowed(registry):
+    registry.register_plugin(OptionalUnknownHook(), "future")
+    assert "future" in registry.plugins
+
+
+def test_the_old_hook_argument_name_registry_still_works_with_a_deprecation_warning(registry):
+    with pytest.warns(DeprecationWarning, match="rename `registry` to `registrar`"):
+        registry.register_plugin(OldArgumentName(), "old")
+    assert registry.get_pattern("old-style", radius=1) == Pattern(window=Window(1, 1))
+
+
+@pytest.mark.parametrize(
+    ("plugin", "why"),
+    [
+        (
+            UnmarkedHook(),
+            "registered nothing: attnreg_add_patterns is not marked @attnreg.hookimpl, so never called",
+        ),
+        (AddsNothing(), "registered nothing: its hooks ran and added nothing"),
+        (object(), "registered nothing: no function is marked @attnreg.hookimpl (are its hook functions marked?)"),
+    ],
+    ids=["unmarked-hook", "hook-adds-nothing", "no-hooks"],
+)
+def test_a_plugin_that_registers_nothing_is_noted_with_the_likely_reason(registry, plugin, why):
+    registry.register_plugin(plugin, "idle")
+    assert registry.empty_plugins == {"idle": why}
+    registry.unregister_plugin("idle")
+    assert registry.empty_plugins == {}
+
+
+def test_a_plugin_that_registers_something_is_not_noted_as_empty(registry):
+    registry.register_plugin(Patterns("slide"), "mine")
+    assert registry.empty_plugins == {}
+
+
 def test_a_factory_that_returns_no_pattern_is_an_error_naming_the_plugin(registry):
     registry.register_plugin(ReturnsNotAPattern(), "sloppy")
     with pytest.raises(PluginError, match="pattern 'not-a-pattern' from registered at run time returned dict"):
@@ -106,7 +235,7 @@ def test_an_unknown_name_lists_close_matches_and_the_installed_plugins(registry)
     assert "unknown pattern 'sliding-windw'" in message
     assert "did you mean 'sliding-window'" in message
     assert "known: dilated, sliding-causal, sliding-window" in message
-    assert "installed plugins: attnreg.core (attnreg (core)), mine (registered at run time)" in message
+    assert "installed plugins: mine (registered at run time)" in message
 
 
 def test_an_unknown_name_without_close_matches_still_lists_the_known_ones(registry):
@@ -126,6 +255,10 @@ def test_an_unknown_pattern_parameter_is_an_error_listing_the_allowed_ones(regis
 def test_pattern_parameters_come_from_the_factory_signature(registry):
     registry.register_plugin(Patterns("slide"), "mine")
     assert registry.pattern_entry("slide").parameters() == {"radius": 2, "causal": False}
+    assert [str(p) for p in registry.pattern_entry("slide").keyword_parameters().values()] == [
+        "radius: 'int' = 2",  # this module's annotations are strings (``from __future__ import annotations``)
+        "causal: 'bool' = False",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -157,6 +290,45 @@ def test_the_module_level_functions_use_the_process_wide_registry():
     assert "test-runtime-slide" not in attnreg.list_patterns()
 
 
-def test_the_core_engines_arrive_through_the_core_plugin(registry):
-    assert "reference" in {engine.name for engine in registry.engines()}
-    assert registry.engine_plugins["reference"].name == "attnreg.core"
+def test_the_core_engines_arrive_through_the_core_plugin(core_registry):
+    assert "reference" in {engine.name for engine in core_registry.engines()}
+    assert core_registry.engine_plugins["reference"].name == "attnreg.core"
+
+
+def _error_classes() -> list[type]:
+    """Every class named ``*Error`` defined anywhere in the attnreg package (found in the source, then imported)."""
+    package = Path(attnreg.__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = [node.name for node in tree.body if isinstance(node, ast.ClassDef) and node.name.endswith("Error")]
+        if names:
+            module = ".".join(path.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__")
+            found += [getattr(importlib.import_module(module), name) for name in names]
+    return found
+
+
+@pytest.mark.parametrize("error", _error_classes(), ids=lambda error: error.__name__)
+def test_every_attnreg_error_is_an_attnreg_error(error):
+    assert issubclass(error, AttnregError)
+
+
+def test_the_error_classes_are_found_and_keep_their_builtin_bases():
+    errors = {error.__name__: error for error in _error_classes()}
+    expected = {"PatternError", "PluginError", "ConflictError", "UnknownNameError", "BackendUnavailableError"}
+    assert expected <= set(errors)
+    assert issubclass(errors["PatternError"], ValueError)
+    assert issubclass(errors["ConflictError"], ValueError)
+    assert issubclass(errors["BackendUnavailableError"], ValueError)
+    assert issubclass(errors["UnknownNameError"], KeyError)
+    assert issubclass(errors["PluginError"], RuntimeError)
+
+
+def test_the_validation_helpers_are_public_and_the_old_private_module_still_imports():
+    from attnreg import _validation, validation
+
+    assert attnreg.validation is validation
+    for name in validation.__all__:
+        assert getattr(_validation, name) is getattr(validation, name)
+    with pytest.raises(PatternError, match=r"radius=-1 is not allowed: expected an int >= 0"):
+        validation.require_int("radius", -1, minimum=0)

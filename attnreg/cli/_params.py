@@ -1,21 +1,63 @@
-"""A registered pattern's parameters as ``--kebab-case`` command-line options, for any command that builds one.
+"""What the commands say about registered things: a pattern's parameters (as ``--kebab-case`` options or as text),
+and descriptions as plain text.
 
 Options come from the factory's signature (``PatternEntry.parameters()``), typed by each default's type; only the
 options given on the command line reach the factory, so its own defaults stay the single source of truth.
+Descriptions come from docstrings, so their reStructuredText markup is taken off before they are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import re
 from typing import Any
 
 import torch
 
 from attnreg.pattern.spec import Pattern
-from attnreg.registry import get_registry
+from attnreg.registry import PatternEntry, get_registry
 
 _DEST_PREFIX = "pattern_param_"
+
+#: reStructuredText inline markup: an optional role (:class:, :py:func:, ...), then text in single or double
+#: backticks, then an optional _ or __ (a link).
+_MARKUP = re.compile(r"(?P<role>(?::[\w.+-]+)+:)?(?P<ticks>``|`)(?P<text>[^`]+)(?P=ticks)_{0,2}")
+_TITLED = re.compile(r"(?P<title>.+?)\s*<[^<>]+>", re.DOTALL)
+
+
+def plain_text(text: str) -> str:
+    """``text`` without reStructuredText's inline markup, as Sphinx would show it: code and roles keep their text,
+    a ``~``-prefixed target only its last name, a ``title <target>`` reference only its title."""
+    return _MARKUP.sub(_plain_markup, text)
+
+
+def _plain_markup(match: re.Match[str]) -> str:
+    text = match["text"]
+    if match["role"] is None:
+        return text
+    titled = _TITLED.fullmatch(text)
+    if titled:
+        return titled["title"]
+    text = text.lstrip("!")
+    return text[1:].rsplit(".", 1)[-1] if text.startswith("~") else text
+
+
+def parameter_text(parameter: inspect.Parameter) -> str:
+    """``radius: int = 16`` (``right=None`` without an annotation; ``radius: int (required)`` without a default)."""
+    text = parameter.name
+    annotated = parameter.annotation is not parameter.empty
+    if annotated:
+        annotation = parameter.annotation
+        text += f": {annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)}"
+    if parameter.default is parameter.empty:
+        return f"{text} (required)"
+    return f"{text}{' = ' if annotated else '='}{parameter.default!r}"
+
+
+def parameters_text(entry: PatternEntry) -> str:
+    """Every parameter of a registered pattern on one line, as its factory declares them, or ``(none)``."""
+    return ", ".join(map(parameter_text, entry.keyword_parameters().values())) or "(none)"
 
 
 def option_name(parameter: str) -> str:

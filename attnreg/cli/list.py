@@ -1,7 +1,9 @@
 """``attnreg list``: the registered patterns, builders, engines and benchmarks, failed plugins and conflicts.
 
-A plugin that failed to import or raised in its hook is listed beside the working ones with its traceback
-(shortened unless ``--verbose``), so a broken installation is visible rather than silently missing.
+A plugin that failed to import, marks a function that is no hook, or raised in its hook is listed beside the
+working ones with the reason (a traceback shortened unless ``--verbose``), and a plugin that registered nothing
+gets a line too, so a broken installation is visible rather than silently missing. ``--verbose`` also lists each
+pattern's parameters.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Iterable
 
+from attnreg.cli._params import parameters_text, plain_text
 from attnreg.registry import (
     BenchmarkEntry,
     BuilderEntry,
@@ -31,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="list patterns, builders, engines and plugins (failed ones included)",
         description="List what the installed plugins registered, which plugins failed, and name conflicts.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="full tracebacks of failed plugins")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="each pattern's parameters, and full tracebacks of failed plugins"
+    )
     parser.set_defaults(func=run)
 
 
@@ -47,14 +52,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(registry: Registry, *, verbose: bool = False) -> str:
-    """The registry as text: one section per kind, then failed plugins, conflicts and disabled plugins."""
+    """The registry as text: one section per kind (patterns with their parameters when ``verbose``), then failed
+    plugins, conflicts, plugins that registered nothing and disabled plugins."""
+    parameters = {name: parameters_text(entry) for name, entry in registry.patterns.items()} if verbose else {}
     sections = [
-        _section("patterns", _rows(registry.patterns.values())),
+        _section("patterns", _rows(registry.patterns.values()), parameters),
         _section("builders", _rows(registry.builders.values())),
         _section("engines", _engine_rows(registry)),
         _section("benchmarks", _rows(registry.benchmarks.values())),
         _failures(registry, verbose),
         _conflicts(registry),
+        _empty(registry),
         _disabled(registry),
     ]
     return "\n\n".join(s for s in sections if s)
@@ -77,7 +85,8 @@ def _engine_rows(registry: Registry) -> list[Row]:
     return rows
 
 
-def _section(title: str, rows: list[Row]) -> str:
+def _section(title: str, rows: list[Row], parameters: dict[str, str] | None = None) -> str:
+    """One aligned row per entry, its description as plain text, and under it its ``parameters`` if given."""
     rows = sorted(rows)
     if not rows:
         return f"{title}: (none)"
@@ -85,7 +94,9 @@ def _section(title: str, rows: list[Row]) -> str:
     lines = [f"{title}:"]
     for row in rows:
         cells = [row[i].ljust(widths[i]) for i in range(3)]
-        lines.append(f"  {cells[0]}  {cells[1]}  {cells[2]}  {row[3]}".rstrip())
+        lines.append(f"  {cells[0]}  {cells[1]}  {cells[2]}  {plain_text(row[3])}".rstrip())
+        if parameters and row[0] in parameters:
+            lines.append(f"      parameters: {parameters[row[0]]}")
     return "\n".join(lines)
 
 
@@ -112,6 +123,15 @@ def _conflicts(registry: Registry) -> str:
     for (kind, name), conflict in sorted(registry.conflicts.items()):
         owners = " and ".join(f"{p.name} ({p.source})" for p in conflict.plugins)
         lines.append(f"  {kind} {name!r}: {owners}")
+    return "\n".join(lines)
+
+
+def _empty(registry: Registry) -> str:
+    if not registry.empty_plugins:
+        return ""
+    lines = ["plugins that registered nothing:"]
+    for name, why in registry.empty_plugins.items():
+        lines.append(f"  {name}  {registry.plugins[name].source}  {why}")
     return "\n".join(lines)
 
 

@@ -11,9 +11,9 @@ import sys
 
 import torch
 
-from attnreg._validation import PatternError, require, require_int
-from attnreg.cli._params import add_named_command, add_pattern_options, command_help, pattern_from_args
-from attnreg.registry import ConflictError, PluginError, UnknownNameError
+from attnreg.cli._params import add_named_command, add_pattern_options, command_help, pattern_from_args, plain_text
+from attnreg.registry import ConflictError, PluginError, UnknownNameError, get_registry
+from attnreg.validation import PatternError, require, require_int
 
 USAGE = "attnreg show NAME [--length N] [--pad P] [--globals I,J] [--png FILE] [--PATTERN-PARAMETER VALUE ...]"
 
@@ -34,7 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def pattern_parser(name: str) -> argparse.ArgumentParser:
     """The parser for ``show NAME``'s options: length, padding, global tokens, PNG, and the pattern's parameters."""
-    parser = argparse.ArgumentParser(prog=f"attnreg show {name}", description=f"Draw pattern {name!r}.")
+    description = plain_text(get_registry().pattern_entry(name).description)
+    parser = argparse.ArgumentParser(
+        prog=f"attnreg show {name}", description=f"Draw pattern {name!r}{f': {description}' if description else '.'}"
+    )
     parser.add_argument("--length", type=int, default=32, help="sequence length (default: 32)")
     parser.add_argument("--pad", type=int, default=0, help="padded positions at the end (default: 0)")
     parser.add_argument(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from attnreg._validation import require
 from attnreg.pattern.spec import Pattern
 from attnreg.registry.hookspecs import hookimpl, hookspec
 from attnreg.registry.registry import (
@@ -19,6 +18,7 @@ from attnreg.registry.registry import (
     Registry,
     UnknownNameError,
 )
+from attnreg.validation import require
 
 __all__ = [
     "BenchmarkEntry",
@@ -95,5 +95,6 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
 
 
 def unregister_plugin(name: str) -> None:
-    """Remove a plugin registered at run time (or loaded from an entry point)."""
+    """Remove a plugin registered at run time (or loaded from an entry point); an unknown plugin name is an
+    :class:`UnknownNameError` listing the plugins, the core plugin a :class:`PluginError`."""
     get_registry().unregister_plugin(name)

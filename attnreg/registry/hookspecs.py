@@ -1,8 +1,9 @@
-"""The hooks a plugin implements. Each receives the :class:`~attnreg.registry.Registry` to add its contributions to.
+"""The hooks a plugin implements; each receives a :class:`attnreg.PluginRegistrar` to add its contributions with.
 
 A plugin is any object or module with functions marked ``@attnreg.hookimpl`` and named after a hook below,
 exposed through an entry point in the ``attnreg`` group (or registered at run time with
-``attnreg.register_plugin``). The built-in patterns arrive through exactly this door.
+``attnreg.register_plugin``). The built-in patterns arrive through exactly this door. A hook function takes the
+argument ``registrar`` (or nothing); ``registry``, its old name, still works and warns.
 """
 
 from __future__ import annotations
@@ -19,41 +20,66 @@ PROJECT = "attnreg"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+#: The old name of the hooks' argument: a hook function that takes it gets the registrar and a warning.
+_RENAMED = {
+    "registry": DeprecationWarning(
+        "the argument of attnreg's hooks is named `registrar` now; rename `registry` to `registrar` in this hook "
+        "function (the old name will stop working in a later release)"
+    )
+}
 
-@hookspec
-def attnreg_add_patterns(registry: PluginRegistrar) -> None:
-    """Add the plugin's patterns with ``registry.add_pattern(name, factory, description=...)``.
 
-    Called once for each plugin whenever the registry is (re)built. ``factory(**params)`` must return an
-    :class:`attnreg.Pattern`; its keyword parameters (with defaults) are the pattern's parameters.
+@hookspec(warn_on_impl_args=_RENAMED)
+def attnreg_add_patterns(registrar: PluginRegistrar, registry: PluginRegistrar) -> None:
+    """Add the plugin's patterns with ``registrar.add_pattern(name, factory, description=...)``.
+
+    Called once for each plugin whenever the registry is (re)built; returns nothing. ``factory(**params)`` must
+    return an :class:`attnreg.Pattern`; its keyword parameters (with defaults) are the pattern's parameters.
+
+    :param registrar: adds this plugin's contributions, remembering that this plugin added them.
+    :param registry: the same object under its old name (deprecated).
     """
 
 
-@hookspec
-def attnreg_add_builders(registry: PluginRegistrar) -> None:
-    """Add model builders with ``registry.add_builder(name, builder, description=...)``.
+@hookspec(warn_on_impl_args=_RENAMED)
+def attnreg_add_builders(registrar: PluginRegistrar, registry: PluginRegistrar) -> None:
+    """Add model builders with ``registrar.add_builder(name, builder, description=...)``.
 
-    Called once for each plugin whenever the registry is (re)built. ``attnreg.build(name, config, pretrained=...,
-    **overrides)`` calls ``builder(config, pretrained=..., **overrides)``, which returns a ``torch.nn.Module``.
+    Called once for each plugin whenever the registry is (re)built; returns nothing. ``attnreg.build(name, config,
+    pretrained=..., **overrides)`` calls ``builder(config, pretrained=..., **overrides)``, which returns a
+    ``torch.nn.Module``.
+
+    :param registrar: adds this plugin's contributions, remembering that this plugin added them.
+    :param registry: the same object under its old name (deprecated).
     """
 
 
-@hookspec
-def attnreg_add_engines(registry: PluginRegistrar) -> None:
-    """Add attention engines with ``registry.add_engine(engine)`` (an :class:`attnreg.Engine`).
+@hookspec(warn_on_impl_args=_RENAMED)
+def attnreg_add_engines(registrar: PluginRegistrar, registry: PluginRegistrar) -> None:
+    """Add attention engines with ``registrar.add_engine(engine)`` (an :class:`attnreg.Engine`).
 
-    Called once for each plugin whenever the registry is (re)built. The dispatcher considers every engine
-    for every call and picks the cheapest that supports it.
+    Called once for each plugin whenever the registry is (re)built; returns nothing. The dispatcher considers
+    every engine for every call and picks the cheapest that supports it.
+
+    :param registrar: adds this plugin's contributions, remembering that this plugin added them.
+    :param registry: the same object under its old name (deprecated).
     """
 
 
-@hookspec
-def attnreg_add_benchmarks(registry: PluginRegistrar) -> None:
-    """Add layer benchmarks with ``registry.add_benchmark(name, make_cases, description=...)``.
+@hookspec(warn_on_impl_args=_RENAMED)
+def attnreg_add_benchmarks(registrar: PluginRegistrar, registry: PluginRegistrar) -> None:
+    """Add layer benchmarks with ``registrar.add_benchmark(name, make_cases, description=...)``.
 
-    Called once for each plugin whenever the registry is (re)built. ``make_cases(length, *, batch, device,
-    dtype)`` returns ``{label: (module, kwargs)}`` with at least ``"attnreg"`` (the plugin's layer) and, where
-    one exists, ``"transformers"`` (the same layer from transformers on the same weights); ``attnreg bench``
-    times ``module(**kwargs)`` (its first tensor output, ``.sum().backward()`` with ``--grad``) side by side,
-    and runs the ``"attnreg"`` module once per engine by setting ``attnreg_backend`` on its submodules.
+    Called once for each plugin whenever the registry is (re)built; returns nothing. ``make_cases(length, *, batch,
+    device, dtype)`` returns ``{label: (module, kwargs)}`` with at least ``"attnreg"`` (the plugin's layer) and,
+    where one exists, ``"transformers"`` (the same layer from transformers on the same weights); ``attnreg bench``
+    times ``module(**kwargs)`` (its first tensor output, ``.sum().backward()`` with ``--grad``) side by side, and
+    runs the ``"attnreg"`` module once per engine by setting ``attnreg_backend`` on its submodules.
+
+    :param registrar: adds this plugin's contributions, remembering that this plugin added them.
+    :param registry: the same object under its old name (deprecated).
     """
+
+
+#: Every hook's name, in the order the registry calls them (the order of definition above).
+HOOKS: tuple[str, ...] = tuple(name for name in list(globals()) if name.startswith(f"{PROJECT}_add_"))

@@ -1,8 +1,9 @@
 """The registry: plugins found through pluggy entry points, each isolated, and what they add.
 
 Loading never depends on order: plugins load sorted by name, a name two plugins claim becomes a conflict
-that names both distributions, and a plugin that fails to import or raises in a hook is kept aside with
-its traceback while the others load (``ATTNREG_STRICT=1`` makes any of these fatal).
+that names both distributions, and a plugin that fails to import, marks a function that is no hook (a misspelt
+hook name), or raises in a hook is kept aside with the reason while the others load (``ATTNREG_STRICT=1`` makes
+any of these fatal). A plugin that loads but registers nothing is noted, since a forgotten marker is silent.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any
 
 import pluggy
 
-from attnreg._validation import PatternError, reject_unknown
 from attnreg.execution.engine import Engine
 from attnreg.pattern.spec import Pattern
 from attnreg.registry import hookspecs
+from attnreg.validation import AttnregError, PatternError, reject_unknown
 
 ENTRY_POINT_GROUP = "attnreg"
 DISABLE_ENV = "ATTNREG_DISABLE_PLUGINS"
@@ -29,15 +30,19 @@ STRICT_ENV = "ATTNREG_STRICT"
 CORE_PLUGIN = "attnreg.core"
 
 
-class PluginError(RuntimeError):
-    """A plugin failed to load or to run its hook (raised only in strict mode; otherwise recorded)."""
+class PluginError(AttnregError, RuntimeError):
+    """A plugin cannot be loaded, registered, run or unregistered as asked.
+
+    Raised at once for a plugin registered at run time; an installed plugin's failure is recorded and shown by
+    ``attnreg list`` instead, and raised only in strict mode (``ATTNREG_STRICT=1``).
+    """
 
 
 class ConflictError(PatternError):
     """Two plugins claim one name."""
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(AttnregError, KeyError):
     """No pattern (or builder, or engine) of that name; the message lists close matches and the installed plugins."""
 
     def __str__(self) -> str:
@@ -70,13 +75,17 @@ class PatternEntry:
     plugin: PluginInfo
     description: str = ""
 
-    def parameters(self) -> dict[str, Any]:
-        """The factory's keyword parameters and defaults (``inspect.Parameter.empty`` when required)."""
+    def keyword_parameters(self) -> dict[str, inspect.Parameter]:
+        """The factory's parameters that can be passed by keyword, with their defaults and annotations."""
         return {
-            name: p.default
+            name: p
             for name, p in inspect.signature(self.factory).parameters.items()
             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
         }
+
+    def parameters(self) -> dict[str, Any]:
+        """The factory's keyword parameters and defaults (``inspect.Parameter.empty`` when required)."""
+        return {name: p.default for name, p in self.keyword_parameters().items()}
 
     def create(self, **params: Any) -> Pattern:
         """Call the factory after checking that every parameter exists."""
@@ -127,7 +136,10 @@ class Conflict:
 
 
 class PluginRegistrar:
-    """What a hook receives: adds one plugin's contributions, remembering which plugin added them."""
+    """What a hook receives as ``registrar``: adds one plugin's contributions, remembering which plugin added them.
+
+    Each plugin gets its own registrar, so whatever it adds is attributed to it (``attnreg list``, conflicts).
+    """
 
     def __init__(self, plugin: PluginInfo) -> None:
         self.plugin = plugin
@@ -164,6 +176,10 @@ class PluginRegistrar:
             raise PatternError(f"make_cases={make_cases!r} is not allowed for {name!r}: expected a callable")
         self.benchmarks.append(BenchmarkEntry(name, make_cases, self.plugin, description or _first_line(make_cases)))
 
+    def is_empty(self) -> bool:
+        """Whether the plugin's hooks added nothing at all."""
+        return not (self.patterns or self.builders or self.engines or self.benchmarks)
+
 
 @dataclass
 class Registry:
@@ -179,6 +195,8 @@ class Registry:
     conflicts: dict[tuple[str, str], Conflict] = field(default_factory=dict)
     plugin_conflicts: dict[tuple[str, str], Conflict] = field(default_factory=dict)
     disabled: dict[str, PluginInfo] = field(default_factory=dict)
+    #: plugin name -> why it registered nothing (shown by ``attnreg list``; not a failure, even when strict)
+    empty_plugins: dict[str, str] = field(default_factory=dict)
     strict: bool = False
 
     @classmethod
@@ -210,10 +228,18 @@ class Registry:
         for ep, info in self._claimed("plugin", claims, self.plugin_conflicts).values():
             try:
                 plugin = ep.load()
+            except Exception:
+                self._fail(info, f"failed to import entry point {ep.value!r}")
+                continue
+            problems = self._hook_problems(plugin)
+            if problems:
+                self._fail(info, HOOK_PROBLEMS, "\n".join(problems))
+                continue
+            try:
                 self.manager.register(plugin, name=ep.name)
                 self.manager.check_pending()
             except Exception:
-                self._fail(info, f"failed to import entry point {ep.value!r}")
+                self._fail(info, "was refused by pluggy")
                 if self.manager.has_plugin(ep.name):
                     self.manager.unregister(name=ep.name)
                 continue
@@ -227,6 +253,9 @@ class Registry:
         name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin):x}"
         if name in self.plugins:
             raise PatternError(f"name={name!r} is not allowed: a plugin of that name is already registered")
+        problems = self._hook_problems(plugin)
+        if problems:
+            raise PluginError(f"plugin {name!r} {HOOK_PROBLEMS}:\n" + "\n".join(problems))
         self.manager.register(plugin, name=name)
         try:
             self.manager.check_pending()
@@ -251,40 +280,65 @@ class Registry:
 
     def unregister_plugin(self, name: str) -> None:
         """Remove a plugin (registered at run time or from an entry point) and rebuild the tables."""
-        if name not in self.plugins or name == CORE_PLUGIN:
-            raise PatternError(
-                f"name={name!r} is not allowed: registered plugins are "
-                f"{', '.join(n for n in self.plugins if n != CORE_PLUGIN) or '(none)'}"
+        if name == CORE_PLUGIN:
+            raise PluginError(
+                f"plugin {name!r} cannot be unregistered: it is attnreg's own (its engines and generic builders)"
+            )
+        if name not in self.plugins:
+            removable = sorted(n for n in self.plugins if n != CORE_PLUGIN)
+            raise UnknownNameError(
+                f"unknown plugin {name!r}, nothing to unregister; {_did_you_mean(name, removable)}"
+                f"plugins: {', '.join(removable) or '(none)'}"
             )
         self.manager.unregister(name=name)
         del self.plugins[name]
         self.rebuild()
 
     def failures(self) -> list[PluginInfo]:
-        """Plugins that failed to import or raised in a hook, with their tracebacks."""
+        """Plugins that failed to import, have hook functions attnreg cannot call, or raised in a hook, with why."""
         return [p for p in self.plugins.values() if p.error]
 
-    def _fail(self, info: PluginInfo, what: str) -> None:
-        failed = PluginInfo(info.name, info.distribution, info.version, f"{what}:\n{traceback.format_exc()}")
+    def _fail(self, info: PluginInfo, what: str, detail: str | None = None) -> None:
+        """Record that plugin ``info`` ``what`` (and why: ``detail``, or the exception being handled)."""
+        reason = detail or traceback.format_exc()
+        failed = PluginInfo(info.name, info.distribution, info.version, f"{what}:\n{reason}")
         self.plugins[info.name] = failed
         if self.strict:
-            raise PluginError(f"plugin {info.name!r} ({failed.source}) {what} [{STRICT_ENV}=1]:\n{failed.error}")
+            raise PluginError(f"plugin {info.name!r} ({failed.source}) {what} [{STRICT_ENV}=1]:\n{reason}")
+
+    def _hook_problems(self, plugin: object) -> list[str]:
+        """Why attnreg could not call some of ``plugin``'s ``@hookimpl`` functions, one line each (none: all fine).
+
+        pluggy only says "unknown hook" (and only when asked); here a misspelt hook name gets the closest hook names,
+        and an argument that no hook passes is named beside the one that hooks do pass.
+        """
+        problems = []
+        for attribute in dir(plugin):
+            options = self.manager.parse_hookimpl_opts(plugin, attribute)
+            if options is None:
+                continue
+            hook = options.get("specname") or attribute
+            named = attribute if hook == attribute else f"{attribute} (specname={hook!r})"
+            if hook in hookspecs.HOOKS:
+                problems += _unpassed_arguments(named, hook, getattr(plugin, attribute))
+            elif not options.get("optionalhook"):
+                problems.append(_not_a_hook(named, hook))
+        return problems
 
     # --- tables ----------------------------------------------------------------------------------------
 
     def rebuild(self) -> None:
-        """Ask every loaded plugin's hooks again and recompute the tables and conflicts."""
+        """Ask every loaded plugin's hooks again and recompute the tables, conflicts and empty plugins."""
         registrars: dict[str, PluginRegistrar] = {}
-        hooks = ("attnreg_add_patterns", "attnreg_add_builders", "attnreg_add_engines", "attnreg_add_benchmarks")
-        for hook_name in hooks:
+        for hook_name in hookspecs.HOOKS:
             hook = getattr(self.manager.hook, hook_name)
             for impl in sorted(hook.get_hookimpls(), key=lambda i: i.plugin_name):
                 info = self.plugins.get(impl.plugin_name)
                 if info is None or info.error:
                     continue
                 registrar = registrars.setdefault(impl.plugin_name, PluginRegistrar(info))
-                try:
-                    impl.function(registry=registrar)
+                try:  # by the argument's name, `registrar` or its old name `registry` (pluggy warned about it)
+                    impl.function(**dict.fromkeys(impl.argnames, registrar))
                 except Exception:
                     self._fail(info, f"raised in its {hook_name} hook")
                     registrars.pop(impl.plugin_name)
@@ -296,6 +350,22 @@ class Registry:
         self.engine_table = {name: engine for name, (engine, _) in engines.items()}
         self.engine_plugins = {name: plugin for name, (_, plugin) in engines.items()}
         self.benchmarks = self._claimed("benchmark", [(e.name, e.plugin, e) for r in loaded for e in r.benchmarks])
+        self.empty_plugins = {
+            name: self._why_empty(name)
+            for name, info in sorted(self.plugins.items())
+            if not info.error and (name not in registrars or registrars[name].is_empty())
+        }
+
+    def _why_empty(self, name: str) -> str:
+        """Why plugin ``name`` added nothing, as far as can be told: most often a hook function left unmarked."""
+        plugin = self.manager.get_plugin(name)
+        if self.manager.get_hookcallers(plugin):
+            return "registered nothing: its hooks ran and added nothing"
+        unmarked = [hook for hook in hookspecs.HOOKS if callable(getattr(plugin, hook, None))]
+        if unmarked:
+            verb = "is" if len(unmarked) == 1 else "are"
+            return f"registered nothing: {', '.join(unmarked)} {verb} not marked @attnreg.hookimpl, so never called"
+        return "registered nothing: no function is marked @attnreg.hookimpl (are its hook functions marked?)"
 
     def _claimed(
         self,
@@ -351,11 +421,9 @@ class Registry:
             raise self.conflicts[(kind, name)].error()
         if name in table:
             return table[name]
-        close = difflib.get_close_matches(str(name), list(table), n=3, cutoff=0.5)
         plugins = ", ".join(f"{p.name} ({p.source}{', FAILED' if p.error else ''})" for p in self.plugins.values())
-        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
         raise UnknownNameError(
-            f"unknown {kind} {name!r}; {hint}known: {', '.join(sorted(table)) or '(none)'}; "
+            f"unknown {kind} {name!r}; {_did_you_mean(name, table)}known: {', '.join(sorted(table)) or '(none)'}; "
             f"installed plugins: {plugins}"
         )
 
@@ -378,6 +446,39 @@ def _new_manager() -> pluggy.PluginManager:
 def _check_name(what: str, name: object) -> None:
     if not (isinstance(name, str) and name.strip() and name == name.strip()):
         raise PatternError(f"{what}={name!r} is not allowed: expected a non-empty string without surrounding spaces")
+
+
+#: What ``attnreg list`` says of a plugin with ``@hookimpl`` functions that attnreg cannot call.
+HOOK_PROBLEMS = "has hook functions attnreg cannot call"
+
+
+def _not_a_hook(function: str, hook: str) -> str:
+    """The problem of a ``@hookimpl`` function named after no hook, with the closest hook names."""
+    hint = _did_you_mean(hook, hookspecs.HOOKS, cutoff=0.75) or f"the hooks are {', '.join(hookspecs.HOOKS)}"
+    return f"{function} is marked @attnreg.hookimpl but attnreg has no hook {hook!r}; {hint.rstrip()}"
+
+
+def _unpassed_arguments(function: str, hook: str, implementation: Callable[..., Any]) -> list[str]:
+    """The problem of a hook function that requires an argument ``hook`` does not pass (none when it is fine)."""
+    signature = inspect.signature(implementation)
+    passed = inspect.signature(getattr(hookspecs, hook)).parameters
+    unknown = [
+        p.name
+        for p in signature.parameters.values()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in passed
+    ]
+    if not unknown:
+        return []
+    return [
+        f"{function}({', '.join(signature.parameters)}) takes {', '.join(map(repr, unknown))}, which {hook} does "
+        f"not pass: a hook function takes `registrar` (an attnreg.PluginRegistrar)"
+    ]
+
+
+def _did_you_mean(name: object, known: Iterable[str], *, cutoff: float = 0.5) -> str:
+    """``"did you mean 'a' or 'b'? "`` with the names in ``known`` closest to ``name``, or ``""`` if none is close."""
+    close = difflib.get_close_matches(str(name), list(known), n=3, cutoff=cutoff)
+    return f"did you mean {' or '.join(map(repr, close))}? " if close else ""
 
 
 def _first_line(obj: object) -> str:

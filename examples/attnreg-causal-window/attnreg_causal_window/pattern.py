@@ -6,12 +6,7 @@ Built from attnreg's public parts only; attnreg's engines run it because they re
 from __future__ import annotations
 
 import attnreg
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    """Refuse ``value`` unless it is an int (not a bool) >= ``minimum``, naming the parameter."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise attnreg.PatternError(f"{name}={value!r} is not allowed: expected an int >= {minimum}")
+from attnreg.validation import require_int
 
 
 def causal_window(window: int = 64, num_buckets: int = 32, max_distance: int = 128) -> attnreg.Pattern:
@@ -20,9 +15,9 @@ def causal_window(window: int = 64, num_buckets: int = 32, max_distance: int = 1
     ``num_buckets`` and ``max_distance`` are T5's bucket parameters (``bidirectional=False``: every bucket is for
     keys before the query, half of them exact distances, the rest logarithmically wider up to ``max_distance``).
     """
-    _check_int("window", window, 1)
-    _check_int("num_buckets", num_buckets, 2)
-    _check_int("max_distance", max_distance, num_buckets // 2 + 1)
+    require_int("window", window, minimum=1)
+    require_int("num_buckets", num_buckets, minimum=2)
+    require_int("max_distance", max_distance, minimum=num_buckets // 2 + 1)
     return attnreg.Pattern(
         window=attnreg.Window.causal(window),
         bias=attnreg.RelativePositionBias(num_buckets=num_buckets, max_distance=max_distance, bidirectional=False),

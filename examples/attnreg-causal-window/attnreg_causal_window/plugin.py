@@ -7,6 +7,6 @@ from attnreg_causal_window.pattern import causal_window
 
 
 @attnreg.hookimpl
-def attnreg_add_patterns(registry) -> None:
+def attnreg_add_patterns(registrar: attnreg.PluginRegistrar) -> None:
     """Register ``causal-window``; its parameters are ``causal_window``'s keyword arguments."""
-    registry.add_pattern("causal-window", causal_window)
+    registrar.add_pattern("causal-window", causal_window)

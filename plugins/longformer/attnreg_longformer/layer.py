@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import attnreg
-from attnreg._validation import require
 from attnreg.execution import host
 from attnreg.nn import project_linears
+from attnreg.validation import require
 from attnreg_longformer.masks import layer_masks
 from attnreg_longformer.pattern import layer_pattern
 from attnreg_longformer.probs import transformers_probs

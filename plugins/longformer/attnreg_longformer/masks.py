@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnreg._validation import require
+from attnreg.validation import require
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from transformers import LongformerConfig
 from transformers.models.longformer import modeling_longformer
 
 from attnreg import PatternError
-from attnreg._validation import reject_unknown, require
+from attnreg.validation import reject_unknown, require
 from attnreg_longformer.layer import LongformerSelfAttention
 from attnreg_longformer.pattern import layer_pattern
 

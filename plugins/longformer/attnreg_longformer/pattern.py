@@ -7,7 +7,7 @@ Transformers' ``attention_window=w`` (even, per layer) means ``w // 2`` keys on 
 from __future__ import annotations
 
 from attnreg import Pattern, PatternError, SelectedGlobals, Window
-from attnreg._validation import require
+from attnreg.validation import require
 
 DEFAULT_ATTENTION_WINDOW = 512
 

@@ -9,19 +9,19 @@ from attnreg_longformer.pattern import longformer
 
 
 @attnreg.hookimpl
-def attnreg_add_patterns(registry) -> None:
+def attnreg_add_patterns(registrar: attnreg.PluginRegistrar) -> None:
     """``longformer``: sliding window + symmetric global tokens with their own projections."""
-    registry.add_pattern("longformer", longformer)
+    registrar.add_pattern("longformer", longformer)
 
 
 @attnreg.hookimpl
-def attnreg_add_builders(registry) -> None:
+def attnreg_add_builders(registrar: attnreg.PluginRegistrar) -> None:
     """``longformer``: transformers' Longformer models (base, masked-LM, QA, ...) on attnreg's attention."""
-    registry.add_builder("longformer", build_longformer)
+    registrar.add_builder("longformer", build_longformer)
 
 
 @attnreg.hookimpl
-def attnreg_add_benchmarks(registry) -> None:
+def attnreg_add_benchmarks(registrar: attnreg.PluginRegistrar) -> None:
     """``longformer`` (one global token) and ``longformer-noglobal``: the layer against transformers' own."""
-    registry.add_benchmark("longformer", benchmark.with_one_global)
-    registry.add_benchmark("longformer-noglobal", benchmark.without_globals)
+    registrar.add_benchmark("longformer", benchmark.with_one_global)
+    registrar.add_benchmark("longformer-noglobal", benchmark.without_globals)

@@ -15,8 +15,8 @@ import torch
 from transformers.models.longt5 import modeling_longt5
 
 import attnreg
-from attnreg._validation import require
 from attnreg.nn import project_linears
+from attnreg.validation import require
 from attnreg_longt5.blocked import from_blocked, to_blocked
 from attnreg_longt5.patterns import local_params, longt5_local, longt5_tglobal
 

@@ -15,7 +15,7 @@ import torch
 from transformers import LongT5Config, LongT5EncoderModel, LongT5ForConditionalGeneration
 from transformers.models.longt5 import modeling_longt5
 
-from attnreg._validation import reject_unknown, require, require_int
+from attnreg.validation import reject_unknown, require, require_int
 from attnreg_longt5.layers import LongT5LocalAttention, LongT5TransientGlobalAttention
 
 HEADS: dict[str, type[modeling_longt5.LongT5PreTrainedModel]] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import attnreg
-from attnreg._validation import require, require_int
+from attnreg.validation import require, require_int
 
 
 def longt5_local(
