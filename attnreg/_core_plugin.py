@@ -1,4 +1,5 @@
-"""attnreg's own plugin: the engines and generic builders of the core, added through the hooks any plugin uses."""
+"""attnreg's own plugin: the engines, the gallery of patterns and the generic builders of the core, through the
+hooks any plugin uses."""
 
 from __future__ import annotations
 
@@ -29,3 +30,11 @@ def attnreg_add_builders(registrar: PluginRegistrar) -> None:
         "encoder-decoder", build_encoder_decoder, description="generic encoder-decoder for any pattern (pattern=NAME)"
     )
 
+
+@hookimpl
+def attnreg_add_patterns(registrar: PluginRegistrar) -> None:
+    """The gallery: causal, sliding-window, streaming-llm, dilated-window, prefix-lm and bigbird."""
+    from attnreg.pattern.gallery import GALLERY
+
+    for name, (factory, description) in GALLERY.items():
+        registrar.add_pattern(name, factory, description=description)

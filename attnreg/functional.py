@@ -27,6 +27,7 @@ def attention(
     max_globals: int | None = None,
     dropout_p: float = 0.0,
     dropout_mask: torch.Tensor | None = None,
+    document_ids: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Attention of ``(batch, heads, length, head_dim)`` queries, keys and values under ``pattern``.
@@ -42,6 +43,8 @@ def attention(
     on the final normalised weights over all of a query's keys, applied whenever it is > 0 (a module passes 0 in
     eval mode), keep flags from torch's default generator. ``dropout_mask`` ``(batch, heads, length, length +
     count)`` bool gives the keep flags instead of drawing them (O(length²): for comparing engines exactly).
+    ``document_ids`` ``(batch, length)`` integers pack several documents in one row: a token key of another
+    document than the query's is never seen, whatever the pattern.
     """
     call = make_call(
         q,
@@ -57,6 +60,7 @@ def attention(
         max_globals=max_globals,
         dropout_p=dropout_p,
         dropout_mask=dropout_mask,
+        document_ids=document_ids,
     )
     return choose(call, get_registry().engines(), backend)(call)
 

@@ -66,7 +66,9 @@ class AttentionCall:
     - ``aggregated_k/v``: ``(batch, heads, count, head_dim)`` keys and values of the aggregated tokens;
     - ``bias_weight`` / ``aggregated_bias_weight``: ``(num_buckets, heads)`` learned relative-position tables;
     - ``max_globals``: a bound on selected global tokens per example, or ``None`` (see :meth:`global_slots`);
-    - ``dropout``: dropout of the attention probabilities, or ``None`` (see :class:`AttentionDropout`).
+    - ``dropout``: dropout of the attention probabilities, or ``None`` (see :class:`AttentionDropout`);
+    - ``document_ids``: ``(batch, length)`` int64 document of each token (packed sequences), or ``None``: a token
+      key of another document than the query's is never seen.
     """
 
     q: torch.Tensor
@@ -84,6 +86,7 @@ class AttentionCall:
     aggregated_bias_weight: torch.Tensor | None = None
     max_globals: int | None = None
     dropout: AttentionDropout | None = None
+    document_ids: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -138,6 +141,12 @@ class AttentionCall:
         torch._assert_async((counts <= self.max_globals).all(), "an example has more global tokens than max_globals")
         return min(self.max_globals, self.length)
 
+    def materialize(self):  # -> DenseLayout
+        """The pattern spelled out densely for this call's masks and documents (O(length²): reference engines)."""
+        return self.pattern.materialize(
+            self.length, self.attention_mask, self.global_mask, document_ids=self.document_ids, device=self.device
+        )
+
     def with_aggregated(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``k`` and ``v`` followed by the aggregated tokens' keys and values along the length (the key order of the
         dense layout: tokens, then aggregated tokens); unchanged without them."""
@@ -149,6 +158,22 @@ class AttentionCall:
     def requires_grad(self) -> bool:
         """Whether any floating input needs a gradient (so an engine must support backward)."""
         return torch.is_grad_enabled() and any(t.requires_grad for t in self.tensors().values())
+
+
+def general_part_reasons(call: AttentionCall) -> list[str]:
+    """Why an engine built for the window, global and bias parts alone cannot run ``call``: the open parts it has
+    (a mask part, score terms, a softcap, document ids), each named."""
+    pattern = call.pattern
+    reasons = []
+    if pattern.mask is not None:
+        reasons.append(f"mask part {pattern.mask.kind!r} is not supported")
+    if pattern.score_terms:
+        reasons.append(f"score terms {[t.kind for t in pattern.score_terms]} are not supported")
+    if pattern.softcap is not None:
+        reasons.append("softcap is not supported")
+    if call.document_ids is not None:
+        reasons.append("document_ids are not supported")
+    return reasons
 
 
 def make_call(
@@ -166,6 +191,7 @@ def make_call(
     max_globals: int | None = None,
     dropout_p: float = 0.0,
     dropout_mask: torch.Tensor | None = None,
+    document_ids: torch.Tensor | None = None,
 ) -> AttentionCall:
     """Check every input against ``pattern`` and each other; errors name the argument, value and what is allowed."""
     require(isinstance(pattern, Pattern), "pattern", pattern, "expected an attnreg.Pattern (see attnreg.get_pattern)")
@@ -173,6 +199,7 @@ def make_call(
     batch, heads, length, head_dim = q.shape
     attention_mask = _check_mask("attention_mask", attention_mask, q)
     global_mask = _check_mask("global_mask", global_mask, q)
+    document_ids = _check_documents(document_ids, q, pattern)
 
     selected = pattern.selected_globals
     if global_mask is not None:
@@ -247,7 +274,38 @@ def make_call(
         aggregated_bias_weight=aggregated_bias_weight,
         max_globals=max_globals,
         dropout=dropout,
+        document_ids=document_ids,
     )
+
+
+def _check_documents(document_ids: torch.Tensor | None, q: torch.Tensor, pattern: Pattern) -> torch.Tensor | None:
+    """``(batch, length)`` integer document ids on q's device, as int64; documents and aggregated tokens (which
+    sum blocks that may cross documents) cannot be composed."""
+    if document_ids is None:
+        return None
+    shape = (q.shape[0], q.shape[2])
+    require(
+        isinstance(document_ids, torch.Tensor) and tuple(document_ids.shape) == shape,
+        "document_ids",
+        describe(document_ids),
+        f"expected an integer tensor (batch, length) = {shape}",
+    )
+    require(
+        not document_ids.is_floating_point() and document_ids.dtype != torch.bool and not document_ids.is_complex(),
+        "document_ids.dtype",
+        document_ids.dtype,
+        "expected an integer dtype (a document number per token)",
+    )
+    device = document_ids.device
+    require(device == q.device, "document_ids.device", device, f"expected q's device {q.device}")
+    require(
+        pattern.aggregated_globals is None,
+        "document_ids",
+        describe(document_ids),
+        "this pattern has aggregated_globals, whose block tokens sum across document boundaries; the two cannot be "
+        "composed",
+    )
+    return document_ids.long()
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -45,7 +45,7 @@ def dense_mask(call: AttentionCall, layout: DenseLayout) -> tuple[torch.Tensor, 
     rows = torch.arange(call.length, device=call.device)
     cols = torch.arange(allowed.shape[-1], device=call.device)
     allowed = (allowed | (empty & (rows[:, None] == cols[None, :])))[:, None]
-    if call.bias_weight is None and call.aggregated_bias_weight is None:
+    if call.bias_weight is None and call.aggregated_bias_weight is None and not call.pattern.score_terms:
         return allowed, empty[:, None]
     n, pattern = call.length, call.pattern
     bias = torch.zeros(allowed.shape[0], call.heads, n, n + call.count, dtype=call.dtype, device=call.device)
@@ -56,12 +56,14 @@ def dense_mask(call: AttentionCall, layout: DenseLayout) -> tuple[torch.Tensor, 
             call.aggregated_bias_weight.float(), layout.aggregated_relative_position
         )
         bias[..., n:] = looked_up.movedim(0, 1)
+    for term in pattern.score_terms:
+        bias[..., :n] += term.term(rows[:, None], rows[None, :], call.heads).to(call.dtype)
     return bias.masked_fill(~allowed, float("-inf")), empty[:, None]
 
 
 def dense_sdpa_attention(call: AttentionCall) -> torch.Tensor:
     """The output ``(batch, heads, length, head_dim)`` of ``call`` by dense SDPA (a second call for global rows)."""
-    layout = call.pattern.materialize(call.length, call.attention_mask, call.global_mask, device=call.device)
+    layout = call.materialize()
     mask, empty = dense_mask(call, layout)
     k, v = call.with_aggregated(call.k, call.v)
     options = {"attn_mask": mask, "dropout_p": 0.0 if call.dropout is None else call.dropout.p, "scale": call.scale}
@@ -82,6 +84,8 @@ class DenseSdpaEngine(Engine):
     supports_dropout = True
 
     def unsupported_reasons(self, call: AttentionCall) -> list[str]:
+        if call.pattern.softcap is not None:
+            return ["softcap transforms the scores, which scaled_dot_product_attention cannot do"]
         return []
 
     def estimated_cost(self, call: AttentionCall) -> float:
@@ -89,7 +93,8 @@ class DenseSdpaEngine(Engine):
         keys = call.length + call.count
         passes = 2 if call.has_global_projections else 1
         flops = passes * 4 * call.batch * call.heads * call.length * keys * call.head_dim
-        has_bias = call.bias_weight is not None or call.aggregated_bias_weight is not None
+        tables = (call.bias_weight, call.aggregated_bias_weight)
+        has_bias = any(t is not None for t in tables) or bool(call.pattern.score_terms)
         mask_elements = call.batch * call.length * keys
         seconds = flops / _FLOPS[device] + mask_elements / _MASK_ELEMENTS[device]
         if has_bias:

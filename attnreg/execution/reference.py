@@ -23,15 +23,17 @@ def reference_weights(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
 
     With dropout, the weights are the dropped ones (kept weights scaled by ``1 / (1 - p)``) the output comes from.
     """
-    layout = call.pattern.materialize(call.length, call.attention_mask, call.global_mask, device=call.device)
+    layout = call.materialize()
     compute = torch.promote_types(call.dtype, torch.float32)  # softmax in fp32 (fp64 stays fp64)
     bias = None
-    if call.bias_weight is not None or call.aggregated_bias_weight is not None:
+    if call.bias_weight is not None or call.aggregated_bias_weight is not None or call.pattern.score_terms:
         bias = layout.bias(call.bias_weight, call.aggregated_bias_weight, call.heads).to(compute)
     allowed = layout.allowed[:, None]
 
     def softmax(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         scores = (q.to(compute) @ k.to(compute).transpose(-1, -2)) * call.scale
+        if call.pattern.softcap is not None:
+            scores = torch.tanh(scores / call.pattern.softcap) * call.pattern.softcap
         if bias is not None:
             scores = scores + bias
         return softmax_rows(scores, allowed)

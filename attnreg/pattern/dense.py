@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from attnreg._validation import require
+from attnreg.pattern.predicates import AllOf, AnyOf, Band, KeyRange, QueryRange, count_allowed
 from attnreg.pattern.spec import Pattern
 
 
@@ -47,7 +48,8 @@ class DenseLayout:
         aggregated_bias_weight: torch.Tensor | None = None,
         num_heads: int = 1,
     ) -> torch.Tensor:
-        """The additive bias ``(batch, heads, length, length + count)`` from the tables (zeros if none).
+        """The additive bias ``(batch, heads, length, length + count)`` from the tables and the pattern's score terms
+        (zeros if none); score terms apply to token keys.
 
         In fp32, or fp64 when a table is fp64 (so that float64 checks such as ``gradcheck`` stay exact).
         """
@@ -62,6 +64,9 @@ class DenseLayout:
         aggregated_bias = torch.zeros(batch, heads, length, self.count, device=device, dtype=dtype)
         if self.pattern.bias is not None and bias_weight is not None:
             token_bias = token_bias + self.pattern.bias.lookup(bias_weight.to(dtype), self.relative_position)
+        positions = torch.arange(length, device=device)
+        for term in self.pattern.score_terms:
+            token_bias = token_bias + term.term(positions[:, None], positions[None, :], heads).to(dtype)
         if self.pattern.aggregated_bias is not None and aggregated_bias_weight is not None:
             looked_up = self.pattern.aggregated_bias.lookup(
                 aggregated_bias_weight.to(dtype), self.aggregated_relative_position
@@ -83,11 +88,13 @@ def materialize(
     *,
     attention_mask: torch.Tensor | None = None,
     global_mask: torch.Tensor | None = None,
+    document_ids: torch.Tensor | None = None,
     device: torch.device | str | None = None,
 ) -> DenseLayout:
     """Spell ``pattern`` out densely for ``length`` tokens, a ``(batch, length)`` attention mask and global mask.
 
-    Without masks the layout is built on ``device`` (default: the CPU); with masks, on theirs.
+    ``document_ids`` ``(batch, length)`` integers restrict token keys to the query's own document. Without masks the
+    layout is built on ``device`` (default: the CPU); with masks, on theirs.
     """
     require(isinstance(length, int) and length >= 1, "length", length, "expected an int >= 1")
     real = _mask("attention_mask", attention_mask, length, default=True, other=global_mask, device=device)
@@ -100,16 +107,23 @@ def materialize(
         "this pattern has no selected_globals; pass no global_mask",
     )
     globals_ = globals_ & real
+    if document_ids is not None:  # the documents give the batch size when no mask does
+        real = real.expand(document_ids.shape[0], length)
+        globals_ = globals_.expand(document_ids.shape[0], length)
     positions = torch.arange(length, device=device)
     relative_position = positions[None, :] - positions[:, None]
 
     sees = torch.ones(length, length, dtype=torch.bool, device=device)
     if pattern.window is not None:
         sees = pattern.window.contains(relative_position)
+    if pattern.mask is not None:
+        sees = sees & pattern.mask.allowed(positions[:, None], positions[None, :], length)
     sees = sees.expand(real.shape[0], length, length)
     if pattern.selected_globals is not None:
         sees = sees | globals_[:, None, :] | globals_[:, :, None]
     token_allowed = sees & real[:, None, :] & real[:, :, None]
+    if document_ids is not None:
+        token_allowed = token_allowed & (document_ids[:, :, None] == document_ids[:, None, :])
 
     block_ids = None
     count = pattern.aggregated_count(length)
@@ -168,6 +182,8 @@ def allowed_pairs(pattern: Pattern, length: int, *, num_globals: int = 0) -> int
         num_globals,
         "this pattern has no selected_globals",
     )
+    if pattern.mask is not None:
+        return _mask_pairs(pattern, length, num_globals) + length * pattern.aggregated_count(length)
     i = torch.arange(length, dtype=torch.long)
     if pattern.window is None:
         low, high = torch.zeros_like(i), torch.full_like(i, length - 1)
@@ -179,3 +195,14 @@ def allowed_pairs(pattern: Pattern, length: int, *, num_globals: int = 0) -> int
         globals_in_window = (high.clamp(max=num_globals - 1) - low + 1).clamp(min=0)
         per_row = torch.where(i < num_globals, torch.full_like(i, length), per_row + num_globals - globals_in_window)
     return int(per_row.sum()) + length * pattern.aggregated_count(length)
+
+
+def _mask_pairs(pattern: Pattern, length: int, num_globals: int) -> int:
+    """Token pairs of a pattern with a mask part, counted on its block coverage; the ``num_globals`` first tokens
+    see and are seen by every token."""
+    sees = pattern.mask
+    if pattern.window is not None:
+        sees = AllOf((Band(pattern.window.left, pattern.window.right), sees))
+    if num_globals:
+        sees = AnyOf((sees, KeyRange(0, num_globals), QueryRange(0, num_globals)))
+    return count_allowed(sees, length)

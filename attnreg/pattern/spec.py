@@ -15,6 +15,7 @@ import torch
 
 from attnreg._validation import only_keys, require
 from attnreg.pattern.parts import AggregatedGlobals, RelativePositionBias, SelectedGlobals, Window
+from attnreg.pattern.predicates import MaskPart, ScoreTerm, part_from_dict, part_to_dict
 
 _PART_TYPES: dict[str, type] = {
     "window": Window,
@@ -45,8 +46,13 @@ class Pattern:
     - ``bias``: relative-position bias over token keys, by ``j - i``.
     - ``aggregated_bias``: relative-position bias over aggregated keys, by ``g - block(i)``.
     - ``scale``: the score scale; ``None`` means ``1 / sqrt(head_dim)`` (LongT5 uses ``1.0``).
+    - ``mask``: a :class:`~attnreg.pattern.predicates.MaskPart` (any registered kind, composed with ``&`` / ``|``)
+      that token pairs must also satisfy: ``allowed = window ∧ mask``, then the global parts.
+    - ``score_terms``: registered :class:`~attnreg.pattern.predicates.ScoreTerm` parts added to the scores (ALiBi).
+    - ``softcap``: scores become ``softcap * tanh(score / softcap)``, on the scaled ``q·k`` before any bias.
 
-    Key padding is always honoured: padded keys are never seen, a padded query's output is zeros.
+    Key padding is always honoured: padded keys are never seen, a padded query's output is zeros. A call's
+    ``document_ids`` restrict every pattern's token keys to the query's own document.
     """
 
     window: Window | None = None
@@ -55,6 +61,9 @@ class Pattern:
     bias: RelativePositionBias | None = None
     aggregated_bias: RelativePositionBias | None = None
     scale: float | None = None
+    mask: MaskPart | None = None
+    score_terms: tuple[ScoreTerm, ...] = ()
+    softcap: float | None = None
 
     def __post_init__(self) -> None:
         for name, part_type in _PART_TYPES.items():
@@ -82,18 +91,49 @@ class Pattern:
                 "expected None (1/sqrt(head_dim)) or a finite number > 0",
             )
             object.__setattr__(self, "scale", float(self.scale))
+        require(
+            self.mask is None or isinstance(self.mask, MaskPart),
+            "Pattern.mask",
+            self.mask,
+            "expected None or a mask part (attnreg.MaskPart: Band, KeyRange, ... composed with & and |)",
+        )
+        if isinstance(self.score_terms, list):
+            object.__setattr__(self, "score_terms", tuple(self.score_terms))
+        require(
+            isinstance(self.score_terms, tuple) and all(isinstance(t, ScoreTerm) for t in self.score_terms),
+            "Pattern.score_terms",
+            self.score_terms,
+            "expected a tuple of score terms (attnreg.ScoreTerm, e.g. ALiBi())",
+        )
+        if self.softcap is not None:
+            require(
+                isinstance(self.softcap, (int, float))
+                and not isinstance(self.softcap, bool)
+                and math.isfinite(self.softcap)
+                and self.softcap > 0,
+                "Pattern.softcap",
+                self.softcap,
+                "expected None or a finite number > 0",
+            )
+            object.__setattr__(self, "softcap", float(self.softcap))
 
     def __repr__(self) -> str:
-        parts = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if getattr(self, f.name) is not None]
+        parts = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if getattr(self, f.name) not in (None, ())]
         return f"Pattern({', '.join(parts)})"
 
     # --- what a run needs -------------------------------------------------------------------------------
 
     @property
+    def has_score_mods(self) -> bool:
+        """Whether scores are modified beyond the learned tables: score terms or a softcap."""
+        return bool(self.score_terms) or self.softcap is not None
+
+    @property
     def is_causal(self) -> bool:
-        """True when no query sees anything after itself: a causal window and no global tokens (both look ahead)."""
-        window_causal = self.window is not None and self.window.is_causal
-        return window_causal and self.selected_globals is None and self.aggregated_globals is None
+        """True when no query sees anything after itself: a causal window or mask, and no global tokens (both look
+        ahead)."""
+        causal = (self.window is not None and self.window.is_causal) or (self.mask is not None and self.mask.causal)
+        return causal and self.selected_globals is None and self.aggregated_globals is None
 
     def score_scale(self, head_dim: int) -> float:
         """The factor applied to ``q @ k^T``."""
@@ -109,15 +149,20 @@ class Pattern:
         attention_mask: torch.Tensor | None = None,
         global_mask: torch.Tensor | None = None,
         *,
+        document_ids: torch.Tensor | None = None,
         device: torch.device | str | None = None,
     ):  # -> DenseLayout; imported lazily to keep the spec free of the dense code
         """The dense ground truth at ``length``: allowed matrix, bias positions, aggregation. O(length²): tests only.
 
-        Without masks the layout is built on ``device`` (default: the CPU); with masks, on theirs.
+        ``document_ids`` keep token keys within the query's document. Without masks the layout is built on
+        ``device`` (default: the CPU); with masks, on theirs.
         """
         from attnreg.pattern.dense import materialize
 
-        return materialize(self, length, attention_mask=attention_mask, global_mask=global_mask, device=device)
+        return materialize(
+            self, length, attention_mask=attention_mask, global_mask=global_mask, document_ids=document_ids,
+            device=device,
+        )
 
     def cost(self, length: int, *, num_globals: int = 0, head_dim: int = 64, num_heads: int = 1) -> Cost:
         """Allowed query-key pairs, FLOPs (``q @ k^T`` and ``p @ v``) and density at ``length``, no padding.
@@ -143,9 +188,16 @@ class Pattern:
         data: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or value == ():
                 continue
-            data[f.name] = value if f.name == "scale" else {p.name: getattr(value, p.name) for p in fields(value)}
+            if f.name in ("scale", "softcap"):
+                data[f.name] = value
+            elif f.name == "mask":
+                data[f.name] = part_to_dict(value)
+            elif f.name == "score_terms":
+                data[f.name] = [part_to_dict(term) for term in value]
+            else:
+                data[f.name] = {p.name: getattr(value, p.name) for p in fields(value)}
         return data
 
     @classmethod
@@ -154,8 +206,15 @@ class Pattern:
         only_keys("Pattern.from_dict", data, [f.name for f in fields(cls)])
         kwargs: dict[str, Any] = {}
         for name, value in data.items():
-            if name == "scale" or value is None:
+            if name in ("scale", "softcap") or value is None:
                 kwargs[name] = value
+                continue
+            if name == "mask":
+                kwargs[name] = part_from_dict(value, MaskPart)
+                continue
+            if name == "score_terms":
+                require(isinstance(value, list), "Pattern.from_dict['score_terms']", value, "expected a list")
+                kwargs[name] = tuple(part_from_dict(term, ScoreTerm) for term in value)
                 continue
             part_type = _PART_TYPES[name]
             only_keys(f"Pattern.from_dict[{name!r}]", value, [p.name for p in fields(part_type)])

@@ -138,7 +138,8 @@ def block_sizes(pattern: Pattern) -> list[int]:
     """The sizes at which a pattern's structure changes, where engines cut blocks: window reaches, block size.
 
     A window ``(left, right)`` gives ``left + 1``, ``right + 1`` and its full reach ``left + right + 1``;
-    aggregated globals give ``global_block_size``. A pattern with neither gets 16 (a common engine block).
+    aggregated globals give ``global_block_size``; a mask part gives its own (:meth:`MaskPart.sizes`). A pattern
+    with none gets 16 (a common engine block).
     """
     sizes: set[int] = set()
     window = pattern.window
@@ -149,6 +150,9 @@ def block_sizes(pattern: Pattern) -> list[int]:
             sizes.add(window.left + window.right + 1)
     if pattern.aggregated_globals is not None:
         sizes.add(pattern.aggregated_globals.global_block_size)
+    if pattern.mask is not None:
+        sizes.update(pattern.mask.sizes())
+    sizes.discard(0)
     sizes.discard(1)
     return sorted(sizes) or [16]
 

@@ -9,6 +9,7 @@ from attnreg.execution.blocked.aggregated import aggregated_part
 from attnreg.execution.blocked.layout import Blocks
 from attnreg.execution.blocked.merge import merge
 from attnreg.execution.blocked.selected import Slots, global_key_part, global_query_rows
+from attnreg.execution.blocked.sparse import sparse_part, uses_sparse
 from attnreg.execution.blocked.window import window_part, window_reach, window_size
 from attnreg.execution.call import AttentionCall
 from attnreg.execution.engine import Engine
@@ -34,7 +35,7 @@ def blocked_attention_call(call: AttentionCall) -> torch.Tensor:
     keys_ok = real if slots is None else real & ~slots.rows
     if not padded and slots is None:
         keys_ok = None
-    parts = [window_part(call, blocks, keys_ok)]
+    parts = [(sparse_part if uses_sparse(call) else window_part)(call, blocks, keys_ok)]
     if slots is not None:
         parts.append(global_key_part(call, blocks, slots))
     if call.count > 0:
@@ -66,7 +67,12 @@ class BlockedEngine(Engine):
     supports_dropout_mask = True
 
     def unsupported_reasons(self, call: AttentionCall) -> list[str]:
-        return []
+        pattern, reasons = call.pattern, []
+        if pattern.softcap is not None:
+            reasons.append("softcap needs a score transform inside the kernel, which it does not have yet")
+        if pattern.selected_globals is not None and (pattern.score_terms or call.document_ids is not None):
+            reasons.append("score terms or document_ids with selected global tokens are not supported yet")
+        return reasons
 
     def untraceable_reasons(self, call: AttentionCall) -> list[str]:
         """Asked by the dispatcher under torch.compile only: without ``max_globals`` the slot count is data."""

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import torch
 
-from attnreg.execution.call import AttentionCall
+from attnreg.execution.call import AttentionCall, general_part_reasons
 from attnreg.execution.engine import Engine
 from attnreg.execution.xformers_engine.kernel import Features, installed, load_fmha, probe, run_plan
 from attnreg.execution.xformers_engine.plan import DEFAULT_BLOCK, block_layout, build_plan
@@ -66,6 +66,7 @@ class XformersEngine(Engine):
             reasons.append(f"device is {call.device.type}: xformers runs on CUDA only")
         if call.dtype not in _DTYPES:
             reasons.append(f"dtype {call.dtype} is not supported (float16, bfloat16, float32)")
+        reasons.extend(general_part_reasons(call))
         if not reasons:
             try:
                 load_fmha()

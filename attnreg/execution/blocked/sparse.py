@@ -1,0 +1,177 @@
+"""The token part of patterns with a mask part or documents: each query block against its non-empty key blocks.
+
+The key blocks a query block visits come from the mask's block coverage (and, where the ids can be read without a
+device sync, the documents' ranges): empty blocks are never touched, so the cost follows the allowed pairs. Their
+keys are gathered into one run per query block for the blocked kernel; the predicate (with padding and documents)
+is its key mask, applied only to the query blocks that reach a partially allowed block.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnreg.execution import host
+from attnreg.execution.blocked.dropped import BlockDropout
+from attnreg.execution.blocked.kernel import blocked_attention
+from attnreg.execution.blocked.layout import Blocks, cached, pad_length, table_dtype
+from attnreg.execution.blocked.merge import Part
+from attnreg.execution.call import AttentionCall
+from attnreg.pattern.predicates import EMPTY, FULL, AllOf, Band, MaskPart, coverage_table
+
+
+def uses_sparse(call: AttentionCall) -> bool:
+    """Whether the call's token keys go through this path (a mask part, score terms or documents)."""
+    return call.pattern.mask is not None or bool(call.pattern.score_terms) or call.document_ids is not None
+
+
+def token_mask(call: AttentionCall) -> MaskPart:
+    """The pattern's window and mask part as one mask part (every key when it has neither)."""
+    window, mask = call.pattern.window, call.pattern.mask
+    band = Band(None, None) if window is None else Band(window.left, window.right)
+    return band if mask is None else (mask if window is None else AllOf((band, mask)))
+
+
+def _document_coverage(documents: torch.Tensor, blocks: Blocks) -> torch.Tensor:
+    """``(batch, blocks, blocks)`` int8: EMPTY where two blocks' document ranges are disjoint (no pair can share a
+    document), FULL where both hold one and the same document, else PARTIAL."""
+    ids = pad_length(documents, 0, blocks.padded - blocks.length, value=-1).view(documents.shape[0], blocks.count, -1)
+    padded = ids < 0
+    low = torch.where(padded, torch.iinfo(torch.int64).max, ids).amin(-1)
+    high = ids.amax(-1)
+    disjoint = (high[:, :, None] < low[:, None, :]) | (high[:, None, :] < low[:, :, None])
+    single = low == high
+    same = single[:, :, None] & single[:, None, :] & (low[:, :, None] == low[:, None, :])
+    return torch.where(disjoint, EMPTY, torch.where(same, FULL, 1)).to(torch.int8)
+
+
+def _coverage(call: AttentionCall, blocks: Blocks) -> torch.Tensor:
+    """``(batch|1, query blocks, key blocks)`` int8 coverage of the pattern's token part (and of the documents, where
+    their ids can be read without a device sync; elsewhere every block they touch counts as partial), on the CPU."""
+    part = token_mask(call)
+
+    def table() -> torch.Tensor:
+        return coverage_table(part, call.length, blocks.size)
+
+    coverage = cached(("sparse", part, call.length, blocks.size), table)[None]
+    if call.document_ids is not None and host.host_readable(call.document_ids):
+        coverage = torch.minimum(coverage, _document_coverage(call.document_ids.cpu(), blocks))
+    elif call.document_ids is not None:
+        coverage = torch.minimum(coverage, torch.ones_like(coverage))
+    return coverage
+
+
+def _groups(visited: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+    """Query blocks grouped by how many key blocks they visit, rounded up to a power of two: ``(query blocks,
+    width)`` per group. One wide row (a global block) then widens only its own group: the keys gathered stay within
+    twice the visited blocks."""
+    widths = visited.sum(-1).amax(0).clamp(min=1)
+    rounded = 2 ** torch.ceil(torch.log2(widths.double())).long()
+    return [
+        ((rounded == width).nonzero().flatten(), min(int(width), visited.shape[-1]))
+        for width in torch.unique(rounded).tolist()
+    ]
+
+
+def _visits(coverage: torch.Tensor, width: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """``(index, present, full)``, each ``(batch|1, query blocks, width)``: the first ``width`` key blocks each query
+    block visits, in key order, whether the slot holds one, and whether all its pairs are allowed."""
+    visited = coverage > EMPTY
+    order = torch.sort((~visited).to(torch.int8), dim=-1, stable=True).indices[..., :width]
+    present = visited.gather(-1, order)
+    full = (coverage.gather(-1, order) == FULL) & present
+    return order.to(device), present.to(device), full.to(device)
+
+
+def _gather(x: torch.Tensor, blocks: Blocks, index: torch.Tensor) -> torch.Tensor:
+    """``(batch, heads, query blocks * K * size, dim)``: the keys (or values) of each query block's visited blocks."""
+    batch, heads, _, dim = x.shape
+    padded = pad_length(x, 0, blocks.padded - blocks.length).view(batch, heads, blocks.count, blocks.size, dim)
+    if index.shape[0] == 1:
+        chosen = padded[:, :, index[0]]  # (batch, heads, query blocks, K, size, dim)
+    else:
+        rows = torch.arange(batch, device=x.device)[:, None, None]
+        chosen = padded.transpose(1, 2)[rows, index].permute(0, 3, 1, 2, 4, 5)
+    return chosen.reshape(batch, heads, -1, dim)
+
+
+def sparse_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor | None) -> Part:
+    """Every query against the token keys the pattern allows it (mask part, window, documents), that ``keys_ok``
+    ``(batch, length)`` allows (``None``: all), with the pattern's bias table and score terms."""
+    coverage = _coverage(call, blocks)
+    q = blocks.split(call.q)
+    groups = _groups(coverage > EMPTY)
+    if len(groups) == 1:
+        out, lse = _attend(call, blocks, keys_ok, q, coverage, torch.arange(blocks.count), groups[0][1])
+    else:
+        out = q.new_empty((*q.shape[:-1], call.v.shape[-1]))
+        lse = q.new_empty(q.shape[:-1], dtype=torch.promote_types(q.dtype, torch.float32))
+        for rows, width in groups:
+            chosen = rows.to(call.device)
+            part_out, part_lse = _attend(call, blocks, keys_ok, q[:, :, chosen], coverage[:, rows], rows, width)
+            out, lse = out.index_copy(2, chosen, part_out), lse.index_copy(2, chosen, part_lse.to(lse.dtype))
+    return Part(blocks.join(out), blocks.join(lse))
+
+
+def _attend(
+    call: AttentionCall,
+    blocks: Blocks,
+    keys_ok: torch.Tensor | None,
+    q: torch.Tensor,
+    coverage: torch.Tensor,
+    rows: torch.Tensor,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query blocks ``rows`` (``q`` ``(batch, heads, len(rows), block, dim)``) against their visited key blocks, at
+    most ``width`` each: the kernel's output and log-sum-exp for those blocks."""
+    index, present, full = _visits(coverage, width, call.device)
+    size = width * blocks.size
+    device = call.device
+    queries = blocks.positions(device)[rows.to(device)]  # (rows, block)
+    keys = (index[..., None] * blocks.size + torch.arange(blocks.size, device=device)).flatten(-2)  # (b, rows, size)
+    i, j = queries[None, :, :, None], keys[:, :, None, :]
+    allowed = present.repeat_interleave(blocks.size, dim=-1)[:, :, None, :] & (j < call.length)
+    exact = full.repeat_interleave(blocks.size, dim=-1)[:, :, None, :]
+    allowed = allowed & (exact | token_mask(call).allowed(i, j, call.length))
+    clamped = j.clamp(max=call.length - 1)
+
+    def at_keys(values: torch.Tensor) -> torch.Tensor:
+        """``(batch, length)`` values at each example's keys, shaped as ``j`` with the batch."""
+        shape = (values.shape[0], *clamped.shape[1:])
+        return values.gather(1, clamped.expand(shape).flatten(1)).view(shape)
+
+    if keys_ok is not None:
+        allowed = allowed & at_keys(keys_ok)
+    if call.document_ids is not None:
+        documents = call.document_ids
+        padded = pad_length(documents, 0, blocks.padded - blocks.length).view(-1, blocks.count, blocks.size)
+        allowed = allowed & (padded[:, rows.to(device), :, None] == at_keys(documents))
+    masked = None
+    if host.host_readable(allowed):
+        masked = tuple((~allowed).flatten(2).any(-1).any(0).tolist())
+
+    def positions() -> tuple[torch.Tensor, torch.Tensor]:
+        return queries[None], keys[:, :, None, :]
+
+    return blocked_attention(
+        q,
+        _gather(call.k, blocks, index),
+        _gather(call.v, blocks, index),
+        size=size,
+        step=size,
+        scale=call.scale,
+        bias=_bias(call, i, j),
+        valid=allowed[:, None],
+        masked=masked,
+        dropout=BlockDropout.of(call.dropout, positions),
+    )
+
+
+def _bias(call: AttentionCall, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor | None:
+    """``(batch|1, heads, query blocks, block, size)`` fp32: the bias table's and the score terms' values, or None."""
+    bias = None
+    if call.bias_weight is not None:
+        bias = call.pattern.bias.lookup(table_dtype(call.bias_weight), j - i).movedim(0, 1)
+    for term in call.pattern.score_terms:
+        values = term.term(i, j, call.heads).movedim(0, 1)
+        bias = values if bias is None else bias + values
+    return bias
