@@ -162,6 +162,17 @@ def test_dropout_with_the_reference_keep_flags_matches_it(
     compare(with_keep(make_inputs(PATTERNS[name], length)), atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("dropout", [False, True], ids=["no dropout", "dropout"])
+@pytest.mark.parametrize("eager_cpu", [True, False], ids=["per-head", "batched"])
+@pytest.mark.parametrize("name", ["local-bias", "globals-own", "tglobal", "everything", "window"])
+def test_softcap_matches_reference(name: str, eager_cpu: bool, dropout: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The soft cap on the scaled scores of every part (window, global and aggregated keys), before the biases."""
+    if not eager_cpu:
+        monkeypatch.setattr("attnreg.execution.host.eager_on_cpu", lambda x: False)
+    call = make_inputs(replace(PATTERNS[name], softcap=1.5), 29, dtype=torch.float64)
+    compare(with_keep(call) if dropout else call, atol=1e-10, rtol=1e-10)
+
+
 @pytest.mark.parametrize("name", ["local-bias", "globals-own", "tglobal", "everything"])
 def test_dropout_matches_reference_in_fp64(name: str) -> None:
     compare(with_keep(make_inputs(PATTERNS[name], 29, dtype=torch.float64), p=0.5), atol=1e-10, rtol=1e-10)

@@ -185,11 +185,21 @@ def test_softcap_is_on_the_scaled_scores_before_the_bias() -> None:
     torch.testing.assert_close(attnreg.attention(q, k, v, pattern, backend="reference"), expected)
 
 
-@pytest.mark.parametrize("backend", ["blocked", "dense-sdpa"])
-def test_engines_without_a_score_transform_refuse_softcap_with_the_reason(backend: str) -> None:
+@pytest.mark.parametrize("eager_cpu", [True, False], ids=["per-head", "batched"])
+@pytest.mark.parametrize(("name", "params"), CASES, ids=IDS)
+def test_blocked_engine_matches_reference_with_softcap(
+    name: str, params: dict, eager_cpu: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not eager_cpu:
+        monkeypatch.setattr("attnreg.execution.host.eager_on_cpu", lambda x: False)
+    pattern = attnreg.get_pattern(name, **params, softcap=1.5, alibi=True)
+    _compare(pattern, _inputs(pattern, 37, documents=True))
+
+
+def test_dense_sdpa_refuses_softcap_with_the_reason() -> None:
     q = k = v = torch.randn(1, 2, 11, 4)
-    with pytest.raises(attnreg.BackendUnavailableError, match="softcap"):
-        attnreg.attention(q, k, v, attnreg.get_pattern("causal", softcap=30.0), backend=backend)
+    with pytest.raises(attnreg.BackendUnavailableError, match="softcap transforms the scores"):
+        attnreg.attention(q, k, v, attnreg.get_pattern("causal", softcap=30.0), backend="dense-sdpa")
 
 
 @pytest.mark.parametrize(

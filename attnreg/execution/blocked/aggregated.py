@@ -54,6 +54,7 @@ def _attend(
         size=call.count,
         step=0,
         scale=call.scale,
+        softcap=call.pattern.softcap,
         bias=bias,
         valid=valid,
         dropout=BlockDropout.of(

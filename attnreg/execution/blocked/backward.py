@@ -23,7 +23,7 @@ class BackwardInputs:
     """What the forward saved and the layout it ran with, plus the incoming gradients (``grad_lse`` may be None).
 
     With dropout, ``keep`` holds the packed keep flags ``(batch, heads, blocks, bytes)`` and ``keep_scale`` what a kept
-    weight was multiplied by; both are None without.
+    weight was multiplied by; both are None without. ``softcap``: the scores' soft cap, or None.
     """
 
     q: torch.Tensor
@@ -41,6 +41,7 @@ class BackwardInputs:
     masked: tuple[bool, ...] | None
     keep: torch.Tensor | None = None
     keep_scale: float | None = None
+    softcap: float | None = None
 
     def grad_out_in(self, compute: torch.dtype) -> torch.Tensor:
         """The output gradient in ``compute``, times the keep scale with dropout (every use is on kept weights)."""
@@ -108,7 +109,8 @@ def _per_head(
     kb, vb = key_blocks(k.to(compute), blocks, size, step), key_blocks(v.to(compute), blocks, size, step)
     detached = None if inputs.bias is None else inputs.bias.detach()
     chunk = min(blocks, chunk_blocks(queries * size))
-    scratch = (q.new_empty((chunk, queries, size), dtype=compute), q.new_empty((chunk, queries, size), dtype=compute))
+    buffers = 2 if inputs.softcap is None else 3  # the soft cap keeps its tanh for the chain rule
+    scratch = tuple(q.new_empty((chunk, queries, size), dtype=compute) for _ in range(buffers))
     runs = pieces(blocks, inputs.masked, chunk, whole_unmasked=False)
     for example in range(batch):
         for head in range(heads):
@@ -128,6 +130,7 @@ def _per_head(
                 size,
                 step,
                 inputs.scale,
+                inputs.softcap,
             )
             for part, needs_mask in runs:
                 valid = _pick(inputs.valid, example, head) if needs_mask else None
@@ -150,7 +153,9 @@ def _batched(
     for part, needs_mask in pieces(blocks, inputs.masked, chunk, whole_unmasked=False):
         kc, vc = (k[:, :, :size], v[:, :, :size]) if shared else (kb[:, :, part], vb[:, :, part])
         qc, go = q[:, :, part].to(compute), grad_out[:, :, part]
-        scores = products(qc, kc.transpose(-1, -2), shared) * scale - lse[:, :, part]
+        raw = products(qc, kc.transpose(-1, -2), shared) * scale
+        tanh = None if inputs.softcap is None else torch.tanh(raw / inputs.softcap)
+        scores = (raw if tanh is None else tanh * inputs.softcap) - lse[:, :, part]
         mask = additive_mask(detached, inputs.valid if needs_mask else None, part)
         if mask is not None:
             scores = scores + mask
@@ -163,6 +168,10 @@ def _batched(
         ds = (grad_probs - delta[:, :, part]) * probs
         if keep is not None:
             probs = probs_kept
+        if grads.dbias is not None:
+            _add_bias(grads.dbias, ds, part)
+        if tanh is not None:
+            ds = ds * (1 - tanh * tanh)  # through the soft cap to the raw scores
         grads.dq[:, :, part] = products(ds, kc, shared) * scale
         key_grad, value_grad = _key_products(ds, qc, shared) * scale, _key_products(probs, go, shared)
         if shared:
@@ -171,8 +180,6 @@ def _batched(
         else:
             _fold(grads.dk, key_grad, part.start, step)
             _fold(grads.dv, value_grad, part.start, step)
-        if grads.dbias is not None:
-            _add_bias(grads.dbias, ds, part)
 
 
 def _key_products(a: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
@@ -218,7 +225,8 @@ def _pick(x: torch.Tensor | None, example: int, head: int, keep_dims: bool = Fal
 class _HeadOperands:
     """What one example's and head's backward reads: ``q`` ``(blocks, queries, dim)`` like ``grad_out``; ``lse``
     and ``delta`` ``(blocks, queries, 1)``; ``k``/``v``: each block's keys ``(blocks, size, dim)`` (see
-    :func:`key_blocks`; with ``step == 0`` a stride-0 view of the shared keys); the layout and the score scale."""
+    :func:`key_blocks`; with ``step == 0`` a stride-0 view of the shared keys); the layout, the score scale and the
+    soft cap (or None)."""
 
     q: torch.Tensor
     grad_out: torch.Tensor
@@ -229,6 +237,7 @@ class _HeadOperands:
     size: int
     step: int
     scale: float
+    softcap: float | None
 
 
 @dataclass(frozen=True)
@@ -248,7 +257,7 @@ def _backward_chunk(
     part: slice,
     mask: torch.Tensor | None,
     keep: torch.Tensor | None,
-    scratch: tuple[torch.Tensor, torch.Tensor],
+    scratch: tuple[torch.Tensor, ...],
 ) -> None:
     """The gradients of blocks ``part`` for one example and head, the scores recomputed from the log-sum-exp.
 
@@ -256,23 +265,30 @@ def _backward_chunk(
     probability gradient and the value gradient see only kept weights, the softmax's own gradient all of them.
 
     Key and value gradients of overlapping key blocks are summed by the matmuls themselves (``baddbmm_`` into each
-    block's rows), never materialised per block. ``scratch``: two ``(chunk, queries, keys)`` buffers that every chunk
-    reuses; a fresh multi-megabyte tensor per chunk is returned to the OS and page-faulted in again each time.
+    block's rows), never materialised per block. ``scratch``: two ``(chunk, queries, keys)`` buffers (three with a soft
+    cap, which keeps its tanh) that every chunk reuses; a fresh multi-megabyte tensor per chunk is returned to the OS
+    and page-faulted in again each time.
     """
     q, grad_out, lse, delta = ops.q[part], ops.grad_out[part], ops.lse[part], ops.delta[part]
     count, queries, dim = q.shape
+    # with a soft cap the log-sum-exp is subtracted after the cap, not in the matmul
+    lse_beta = -1 if ops.softcap is None else 0
     if ops.step == 0:
         k, v = ops.k[0], ops.v[0]  # every block shares the same keys
         flat_q, flat_grad = q.reshape(-1, dim), grad_out.reshape(-1, grad_out.shape[-1])
-        scores, ds = (buffer[:count].view(-1, ops.size) for buffer in scratch)
-        torch.addmm(lse.reshape(-1, 1), flat_q, k.T, beta=-1, alpha=ops.scale, out=scores)
+        scores, ds = (buffer[:count].view(-1, ops.size) for buffer in scratch[:2])
+        torch.addmm(lse.reshape(-1, 1), flat_q, k.T, beta=lse_beta, alpha=ops.scale, out=scores)
         torch.addmm(delta.reshape(-1, 1), flat_grad, v.T, beta=-1 if keep is None else 0, out=ds)
         scores, ds = scores.view(count, queries, ops.size), ds.view(count, queries, ops.size)
     else:
         k, v = ops.k[part], ops.v[part]
-        scores, ds = (buffer[:count] for buffer in scratch)
-        torch.baddbmm(lse, q, k.transpose(-1, -2), beta=-1, alpha=ops.scale, out=scores)
+        scores, ds = (buffer[:count] for buffer in scratch[:2])
+        torch.baddbmm(lse, q, k.transpose(-1, -2), beta=lse_beta, alpha=ops.scale, out=scores)
         torch.baddbmm(delta, grad_out, v.transpose(-1, -2), beta=-1 if keep is None else 0, out=ds)
+    tanh = None
+    if ops.softcap is not None:
+        tanh = torch.tanh(scores.div_(ops.softcap), out=scratch[2][:count].view(scores.shape))
+        torch.mul(tanh, ops.softcap, out=scores).sub_(lse)
     if keep is not None:
         keep = keep.view(torch.uint8)  # multiplying by bytes skips a bool-to-float conversion
         ds.mul_(keep).sub_(delta)
@@ -284,6 +300,8 @@ def _backward_chunk(
         probs.mul_(keep)
     if grads.dbias is not None:
         _add_bias(grads.dbias, ds[None, None], part)
+    if tanh is not None:
+        ds.mul_(tanh.square_().neg_().add_(1))  # through the soft cap to the raw scores
     if ops.step == 0:
         flat_ds, flat_probs = ds.view(-1, ops.size), probs.view(-1, ops.size)
         grads.dq[part].view(-1, dim).addmm_(flat_ds, k, beta=0, alpha=ops.scale)

@@ -60,6 +60,11 @@ def pieces(blocks: int, masked: tuple[bool, ...] | None, chunk: int, whole_unmas
     return result
 
 
+def cap(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Scaled scores through the soft cap ``softcap * tanh(score / softcap)`` (unchanged without one)."""
+    return scores if softcap is None else torch.tanh(scores / softcap) * softcap
+
+
 def products(a: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
     """``a @ b`` per block: ``a`` ``(batch, heads, c, rows, x)``; ``b`` ``(batch, heads, c, x, y)``, or one
     ``(batch, heads, x, y)`` shared by every block (then a single matmul over all the chunk's rows)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from attnreg.execution import host
-from attnreg.execution.blocked.chunks import additive_mask, chunk_blocks, key_blocks, pieces, products
+from attnreg.execution.blocked.chunks import additive_mask, cap, chunk_blocks, key_blocks, pieces, products
 from attnreg.execution.dropout import AttentionDropout, draw_keep, pack_bits, packed_size
 
 
@@ -86,15 +86,15 @@ def dropped_forward(
     v: torch.Tensor,
     bias: torch.Tensor | None,
     valid: torch.Tensor | None,
-    layout: tuple[int, int, float, tuple[bool, ...] | None],
+    layout: tuple[int, int, float, tuple[bool, ...] | None, float | None],
     dropout: BlockDropout,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dropped output, undropped log-sum-exp and the packed keep flags ``(batch, heads, blocks, bytes)``.
 
     Shapes as :class:`~attnreg.execution.blocked.kernel.BlockedAttention`'s; ``layout`` is ``(size, step, scale,
-    masked)``. Fully masked rows give output 0 and log-sum-exp 0.
+    masked, softcap)``. Fully masked rows give output 0 and log-sum-exp 0.
     """
-    size, step, scale, masked = layout
+    size, step, scale, masked, softcap = layout
     batch, heads, blocks, queries, _ = q.shape
     compute = torch.promote_types(q.dtype, torch.float32)
     shared = step == 0
@@ -110,7 +110,7 @@ def dropped_forward(
         unit_bias, unit_valid = select(detached, examples, hs), select(valid, examples, hs)
         for part, needs_mask in pieces(blocks, masked, chunk, whole_unmasked=False):
             kc, vc = (ku[:, :, :size], vu[:, :, :size]) if shared else (kb[:, :, part], vb[:, :, part])
-            scores = products(qu[:, :, part], kc.transpose(-1, -2), shared).mul_(scale)
+            scores = cap(products(qu[:, :, part], kc.transpose(-1, -2), shared).mul_(scale), softcap)
             mask = additive_mask(unit_bias, unit_valid if needs_mask else None, part)
             if mask is not None:
                 scores += mask

@@ -68,8 +68,6 @@ class BlockedEngine(Engine):
 
     def unsupported_reasons(self, call: AttentionCall) -> list[str]:
         pattern, reasons = call.pattern, []
-        if pattern.softcap is not None:
-            reasons.append("softcap needs a score transform inside the kernel, which it does not have yet")
         if pattern.selected_globals is not None and (pattern.score_terms or call.document_ids is not None):
             reasons.append("score terms or document_ids with selected global tokens are not supported yet")
         return reasons

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from attnreg.execution.blocked.backward import BackwardInputs, blocked_backward
-from attnreg.execution.blocked.chunks import additive_mask, chunk_blocks, key_blocks, pieces, products
+from attnreg.execution.blocked.chunks import additive_mask, cap, chunk_blocks, key_blocks, pieces, products
 from attnreg.execution.blocked.dropped import BlockDropout, dropped_forward
 
 
@@ -45,6 +45,7 @@ def _forward_chunk(
     scale: float,
     shared: bool,
     flash: bool,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Output and log-sum-exp of one chunk ``(batch, heads, c, queries, dim)``; fully masked rows give 0 and 0.
 
@@ -69,7 +70,7 @@ def _forward_chunk(
     compute = torch.promote_types(q.dtype, torch.float32)
     if shared:
         k, v = k[:, :, 0], v[:, :, 0]
-    scores = products(q.to(compute), k.to(compute).transpose(-1, -2), shared) * scale
+    scores = cap(products(q.to(compute), k.to(compute).transpose(-1, -2), shared) * scale, softcap)
     if mask is not None:
         scores = scores + mask
     lse = torch.logsumexp(scores, dim=-1)
@@ -87,7 +88,7 @@ def _few_masked(masked: tuple[bool, ...] | None, blocks: int) -> bool:
 
 
 class BlockedAttention(torch.autograd.Function):
-    """``softmax(q kᵀ · scale + bias + mask) v`` per query block, returning the output and the log-sum-exp.
+    """``softmax(cap(q kᵀ · scale) + bias + mask) v`` per query block, returning the output and the log-sum-exp.
 
     ``q``: ``(batch, heads, blocks, queries, dim)``; ``k``/``v``: padded ``(batch, heads, keys, dim)`` laid out by
     :func:`key_blocks` with ``size`` and ``step``; ``bias``: fp32 (fp64 for fp64 inputs), 5-D, broadcastable to the
@@ -96,17 +97,17 @@ class BlockedAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, valid, size, step, scale, masked, dropout):
-        ctx.layout = (size, step, scale, masked, None if dropout is None else dropout.scale)
+    def forward(ctx, q, k, v, bias, valid, size, step, scale, masked, dropout, softcap):
+        ctx.layout = (size, step, scale, masked, None if dropout is None else dropout.scale, softcap)
         if dropout is not None:
-            out, lse, keep = dropped_forward(q, k, v, bias, valid, (size, step, scale, masked), dropout)
+            out, lse, keep = dropped_forward(q, k, v, bias, valid, (size, step, scale, masked, softcap), dropout)
             ctx.save_for_backward(q, k, v, bias, valid, out, lse, keep)
             return out, lse
         batch, heads, blocks, queries, _ = q.shape
         kb = key_blocks(k, blocks, size, step)
         vb = key_blocks(v, blocks, size, step)
         chunk = chunk_blocks(batch * heads * queries * size)
-        flash = _flash_ok(q, size)
+        flash = softcap is None and _flash_ok(q, size)  # the fused kernel cannot transform scores
         # the fused kernel never materialises scores: only the mask bounds a forward chunk
         forward_chunk = _mask_chunk(bias, valid, blocks) if flash else chunk
         detached = None if bias is None else bias.detach()
@@ -114,7 +115,8 @@ class BlockedAttention(torch.autograd.Function):
 
         def run(part: slice, needs_mask: bool) -> tuple[torch.Tensor, torch.Tensor]:
             mask = additive_mask(detached, valid if needs_mask else None, part)
-            return _forward_chunk(q[:, :, part], kb[:, :, part], vb[:, :, part], mask, scale, step == 0, flash)
+            qc, kc, vc = q[:, :, part], kb[:, :, part], vb[:, :, part]
+            return _forward_chunk(qc, kc, vc, mask, scale, step == 0, flash, softcap)
 
         if flash and _few_masked(masked, blocks):
             # every block in one fused call without the key mask, then the few masked blocks again, in place: cheaper
@@ -134,14 +136,14 @@ class BlockedAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_lse):
         q, k, v, bias, valid, out, lse, keep = ctx.saved_tensors
-        size, step, scale, masked, keep_scale = ctx.layout
+        size, step, scale, masked, keep_scale, softcap = ctx.layout
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         need_bias = bias is not None and ctx.needs_input_grad[3]
         inputs = BackwardInputs(
-            q, k, v, bias, valid, out, lse, grad_out, grad_lse, size, step, scale, masked, keep, keep_scale
+            q, k, v, bias, valid, out, lse, grad_out, grad_lse, size, step, scale, masked, keep, keep_scale, softcap
         )
-        return (*blocked_backward(inputs, need_bias), None, None, None, None, None, None)
+        return (*blocked_backward(inputs, need_bias), None, None, None, None, None, None, None)
 
 
 def blocked_attention(
@@ -156,10 +158,12 @@ def blocked_attention(
     valid: torch.Tensor | None = None,
     masked: tuple[bool, ...] | None = None,
     dropout: BlockDropout | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run :class:`BlockedAttention`: output ``(batch, heads, blocks, queries, dim)`` and fp32 log-sum-exp.
 
     A row with no allowed key gives output 0 and log-sum-exp 0; callers that merge parts must mask it. With
-    ``dropout`` the output is dropped (its normaliser is this call's own) and the log-sum-exp is not.
+    ``dropout`` the output is dropped (its normaliser is this call's own) and the log-sum-exp is not. With
+    ``softcap`` the scaled scores become ``softcap * tanh(score / softcap)`` before the bias and mask.
     """
-    return BlockedAttention.apply(q, k, v, bias, valid, size, step, scale, masked, dropout)
+    return BlockedAttention.apply(q, k, v, bias, valid, size, step, scale, masked, dropout, softcap)

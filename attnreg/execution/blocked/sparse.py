@@ -159,6 +159,7 @@ def _attend(
         size=size,
         step=size,
         scale=call.scale,
+        softcap=call.pattern.softcap,
         bias=_bias(call, i, j),
         valid=allowed[:, None],
         masked=masked,

@@ -97,6 +97,7 @@ def window_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor | Non
         size=size,
         step=blocks.size,
         scale=call.scale,
+        softcap=call.pattern.softcap,
         bias=block_bias(call, blocks, left, size),
         valid=valid[:, None, :, None],
         masked=masked,
