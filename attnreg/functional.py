@@ -8,6 +8,7 @@ from attnreg._validation import require
 from attnreg.execution.call import make_call
 from attnreg.execution.dispatch import choose
 from attnreg.execution.reference import reference_weights
+from attnreg.pattern.prepared import PreparedMask
 from attnreg.pattern.spec import Pattern
 from attnreg.registry import get_registry
 
@@ -16,7 +17,7 @@ def attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    pattern: Pattern,
+    pattern: Pattern | PreparedMask,
     *,
     attention_mask: torch.Tensor | None = None,
     global_mask: torch.Tensor | None = None,
@@ -31,6 +32,11 @@ def attention(
     backend: str | None = None,
 ) -> torch.Tensor:
     """Attention of ``(batch, heads, length, head_dim)`` queries, keys and values under ``pattern``.
+
+    ``pattern`` is a :class:`Pattern` with this batch's masks as keywords, or a :class:`PreparedMask` from
+    ``pattern.prepare(length, attention_mask=..., document_ids=..., global_mask=..., max_globals=...)``, made once per
+    batch and passed to every layer (engines keep what they build from the masks in it); the per-batch keywords
+    are then not passed again.
 
     ``attention_mask`` is ``(batch, length)``, True (or 1) for real tokens; ``global_mask`` marks selected global
     tokens; ``global_qkv`` are the global rows' own projections; ``aggregated_kv`` the keys and values of the
@@ -69,7 +75,7 @@ def attention_weights(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    pattern: Pattern,
+    pattern: Pattern | PreparedMask,
     **inputs: torch.Tensor | tuple[torch.Tensor, ...] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The output and the dense attention weights ``(batch, heads, length, length + count)``, from the reference.

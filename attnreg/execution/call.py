@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from attnreg._validation import PatternError, describe, require
 from attnreg.execution.dropout import AttentionDropout, make_dropout
+from attnreg.pattern.prepared import BATCH_INPUTS, PreparedMask, prepare
 from attnreg.pattern.spec import Pattern
+
+T = TypeVar("T")
 
 #: The floating inputs of a call, which engines may differentiate, in the order they are reported.
 TENSOR_NAMES = (
@@ -68,7 +73,9 @@ class AttentionCall:
     - ``max_globals``: a bound on selected global tokens per example, or ``None`` (see :meth:`global_slots`);
     - ``dropout``: dropout of the attention probabilities, or ``None`` (see :class:`AttentionDropout`);
     - ``document_ids``: ``(batch, length)`` int64 document of each token (packed sequences), or ``None``: a token
-      key of another document than the query's is never seen.
+      key of another document than the query's is never seen;
+    - ``prepared``: the :class:`PreparedMask` these per-batch inputs came from, where engines keep what they derive
+      from them for the next layer (see :meth:`per_batch`).
     """
 
     q: torch.Tensor
@@ -87,6 +94,7 @@ class AttentionCall:
     max_globals: int | None = None
     dropout: AttentionDropout | None = None
     document_ids: torch.Tensor | None = None
+    prepared: PreparedMask | None = None
 
     @property
     def batch(self) -> int:
@@ -147,6 +155,15 @@ class AttentionCall:
             self.length, self.attention_mask, self.global_mask, document_ids=self.document_ids, device=self.device
         )
 
+    def per_batch(self, key: Hashable, build: Callable[[], T]) -> T:
+        """``build()``, kept in the prepared mask for the next layer when this call's per-batch inputs are that mask's
+        (a call changed with ``dataclasses.replace`` builds afresh): structures derived from masks, never from
+        tensors that carry gradients."""
+        prepared = self.prepared
+        if prepared is None or any(getattr(prepared, name) is not getattr(self, name) for name in BATCH_INPUTS):
+            return build()
+        return prepared.per_batch(key, build)
+
     def with_aggregated(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``k`` and ``v`` followed by the aggregated tokens' keys and values along the length (the key order of the
         dense layout: tokens, then aggregated tokens); unchanged without them."""
@@ -180,7 +197,7 @@ def make_call(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    pattern: Pattern,
+    pattern: Pattern | PreparedMask,
     *,
     attention_mask: torch.Tensor | None = None,
     global_mask: torch.Tensor | None = None,
@@ -193,25 +210,32 @@ def make_call(
     dropout_mask: torch.Tensor | None = None,
     document_ids: torch.Tensor | None = None,
 ) -> AttentionCall:
-    """Check every input against ``pattern`` and each other; errors name the argument, value and what is allowed."""
-    require(isinstance(pattern, Pattern), "pattern", pattern, "expected an attnreg.Pattern (see attnreg.get_pattern)")
+    """Check every input against ``pattern`` and each other; errors name the argument, value and what is allowed.
+
+    ``pattern`` is a :class:`Pattern` with this batch's ``attention_mask``, ``global_mask``, ``document_ids`` and
+    ``max_globals`` (prepared here), or a :class:`PreparedMask` that already holds them.
+    """
+    require(
+        isinstance(pattern, (Pattern, PreparedMask)),
+        "pattern",
+        pattern,
+        "expected an attnreg.Pattern (see attnreg.get_pattern) or a PreparedMask (pattern.prepare(...))",
+    )
     _check_qkv(q, k, v)
     batch, heads, length, head_dim = q.shape
-    attention_mask = _check_mask("attention_mask", attention_mask, q)
-    global_mask = _check_mask("global_mask", global_mask, q)
-    document_ids = _check_documents(document_ids, q, pattern)
-
+    given = {"attention_mask": attention_mask, "global_mask": global_mask, "document_ids": document_ids}
+    given["max_globals"] = max_globals
+    if isinstance(pattern, PreparedMask):
+        prepared = pattern
+        for name, value in given.items():
+            require(value is None, name, describe(value), "the prepared mask holds it already; pass it to prepare()")
+        prepared.check_fits(batch, length, q.device)
+    else:
+        prepared = prepare(pattern, length, **given, batch=batch, device=q.device, device_name="q's device")
+    pattern = prepared.pattern
+    attention_mask, global_mask, document_ids = prepared.attention_mask, prepared.global_mask, prepared.document_ids
+    max_globals = prepared.max_globals
     selected = pattern.selected_globals
-    if global_mask is not None:
-        require(selected is not None, "global_mask", "a tensor", "this pattern has no selected_globals")
-    if max_globals is not None:
-        require(selected is not None, "max_globals", max_globals, "this pattern has no selected_globals; pass None")
-        require(
-            isinstance(max_globals, int) and not isinstance(max_globals, bool) and max_globals >= 0,
-            "max_globals",
-            max_globals,
-            "expected None or an int >= 0 (a bound on global tokens per example)",
-        )
     global_q = global_k = global_v = None
     if global_qkv is not None:
         require(
@@ -275,37 +299,8 @@ def make_call(
         max_globals=max_globals,
         dropout=dropout,
         document_ids=document_ids,
+        prepared=prepared,
     )
-
-
-def _check_documents(document_ids: torch.Tensor | None, q: torch.Tensor, pattern: Pattern) -> torch.Tensor | None:
-    """``(batch, length)`` integer document ids on q's device, as int64; documents and aggregated tokens (which
-    sum blocks that may cross documents) cannot be composed."""
-    if document_ids is None:
-        return None
-    shape = (q.shape[0], q.shape[2])
-    require(
-        isinstance(document_ids, torch.Tensor) and tuple(document_ids.shape) == shape,
-        "document_ids",
-        describe(document_ids),
-        f"expected an integer tensor (batch, length) = {shape}",
-    )
-    require(
-        not document_ids.is_floating_point() and document_ids.dtype != torch.bool and not document_ids.is_complex(),
-        "document_ids.dtype",
-        document_ids.dtype,
-        "expected an integer dtype (a document number per token)",
-    )
-    device = document_ids.device
-    require(device == q.device, "document_ids.device", device, f"expected q's device {q.device}")
-    require(
-        pattern.aggregated_globals is None,
-        "document_ids",
-        describe(document_ids),
-        "this pattern has aggregated_globals, whose block tokens sum across document boundaries; the two cannot be "
-        "composed",
-    )
-    return document_ids.long()
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -329,22 +324,6 @@ def _check_like(name: str, tensor: object, q: torch.Tensor, shape: tuple[int, ..
     require(tuple(tensor.shape) == shape, f"{name}.shape", tuple(tensor.shape), f"expected {shape}")
     require(tensor.dtype == q.dtype, f"{name}.dtype", tensor.dtype, f"expected q's dtype {q.dtype}")
     require(tensor.device == q.device, f"{name}.device", tensor.device, f"expected q's device {q.device}")
-
-
-def _check_mask(name: str, mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:
-    if mask is None:
-        return None
-    shape = (q.shape[0], q.shape[2])
-    require(isinstance(mask, torch.Tensor), name, describe(mask), f"expected a bool tensor of shape {shape}")
-    require(tuple(mask.shape) == shape, f"{name}.shape", tuple(mask.shape), f"expected (batch, length) = {shape}")
-    require(mask.device == q.device, f"{name}.device", mask.device, f"expected q's device {q.device}")
-    require(
-        mask.dtype == torch.bool or not mask.is_floating_point(),
-        f"{name}.dtype",
-        mask.dtype,
-        "expected bool (or integer 0/1); float masks are ambiguous",
-    )
-    return mask.bool()
 
 
 def _check_bias(name: str, weight: torch.Tensor | None, term: object, q: torch.Tensor) -> torch.Tensor | None:

@@ -164,6 +164,32 @@ class Pattern:
             device=device,
         )
 
+    def prepare(
+        self,
+        length: int,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        global_mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        max_globals: int | None = None,
+    ):  # -> PreparedMask
+        """This pattern bound to one batch's per-batch inputs, checked once, for every layer's ``attnreg.attention``.
+
+        ``attention_mask`` / ``global_mask`` ``(batch, length)`` bool (True: real token / global token),
+        ``document_ids`` ``(batch, length)`` integers, ``max_globals`` a bound on global tokens per example. Engines
+        keep what they build from these in the prepared mask, so later layers reuse it.
+        """
+        from attnreg.pattern.prepared import prepare
+
+        return prepare(
+            self,
+            length,
+            attention_mask=attention_mask,
+            global_mask=global_mask,
+            document_ids=document_ids,
+            max_globals=max_globals,
+        )
+
     def cost(self, length: int, *, num_globals: int = 0, head_dim: int = 64, num_heads: int = 1) -> Cost:
         """Allowed query-key pairs, FLOPs (``q @ k^T`` and ``p @ v``) and density at ``length``, no padding.
 

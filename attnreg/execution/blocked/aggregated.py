@@ -66,7 +66,7 @@ def _attend(
 def aggregated_part(call: AttentionCall, real: torch.Tensor) -> Part:
     """Every query against the aggregated keys up to its example's last full block."""
     groups = Blocks(length=call.length, size=min(call.pattern.aggregated_globals.global_block_size, call.length))
-    last = last_block(call, real)
+    last = call.per_batch(("aggregated", "last"), lambda: last_block(call, real))
     group_block = torch.minimum(torch.arange(groups.count, device=call.device), last)  # (batch, groups)
     bias = _bias(call, group_block)
     rows = groups.positions(call.device)[None]
@@ -76,7 +76,7 @@ def aggregated_part(call: AttentionCall, real: torch.Tensor) -> Part:
 
 def aggregated_slot_part(call: AttentionCall, real: torch.Tensor, q: torch.Tensor, positions: torch.Tensor) -> Part:
     """Queries ``q`` ``(batch, heads, slots, dim)`` at ``positions`` ``(batch, slots)`` against the aggregated keys."""
-    last = last_block(call, real)
+    last = call.per_batch(("aggregated", "last"), lambda: last_block(call, real))
     query_block = torch.minimum(positions // call.pattern.aggregated_globals.global_block_size, last)
     bias = _bias(call, query_block)
     out, lse = _attend(call, q[:, :, None], None if bias is None else bias[:, :, None], last, positions[:, None])

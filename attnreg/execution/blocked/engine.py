@@ -20,13 +20,13 @@ _GPU_RATE = 5e12
 _CALL_OVERHEAD = 1e-3
 
 
-def blocked_attention_call(call: AttentionCall) -> torch.Tensor:
-    """The output of ``call``, ``(batch, heads, length, head_dim)``; differentiable in every tensor input."""
+def _keys(call: AttentionCall) -> tuple[bool, torch.Tensor, Slots | None, torch.Tensor | None]:
+    """``(padded, real, slots, keys_ok)``: whether any token is padding, the real tokens ``(batch, length)``, the
+    global slots (None without global tokens) and the keys the token parts may see (None: all)."""
     real = call.attention_mask
     padded = real is not None and not (host.host_readable(real) and bool(real.all()))
     if not padded:
         real = torch.ones(call.batch, call.length, dtype=torch.bool, device=call.device)
-    blocks = Blocks.for_length(call.length)
     slots = None
     if call.pattern.selected_globals is not None and call.global_mask is not None:
         slots = Slots.gather(call.global_mask & real, call)
@@ -35,6 +35,13 @@ def blocked_attention_call(call: AttentionCall) -> torch.Tensor:
     keys_ok = real if slots is None else real & ~slots.rows
     if not padded and slots is None:
         keys_ok = None
+    return padded, real, slots, keys_ok
+
+
+def blocked_attention_call(call: AttentionCall) -> torch.Tensor:
+    """The output of ``call``, ``(batch, heads, length, head_dim)``; differentiable in every tensor input."""
+    padded, real, slots, keys_ok = call.per_batch(("blocked", "keys"), lambda: _keys(call))
+    blocks = Blocks.for_length(call.length)
     parts = [(sparse_part if uses_sparse(call) else window_part)(call, blocks, keys_ok)]
     if slots is not None:
         parts.append(global_key_part(call, blocks, slots))

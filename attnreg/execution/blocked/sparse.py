@@ -8,6 +8,8 @@ is its key mask, applied only to the query blocks that reach a partially allowed
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from attnreg.execution import host
@@ -94,75 +96,89 @@ def _gather(x: torch.Tensor, blocks: Blocks, index: torch.Tensor) -> torch.Tenso
     return chosen.reshape(batch, heads, -1, dim)
 
 
+@dataclass(frozen=True)
+class _Group:
+    """Query blocks ``rows`` that visit at most ``width`` key blocks each, laid out for the kernel: the visited
+    blocks ``index`` ``(batch|1, rows, width)``, the dense query and key positions ``queries`` ``(rows, block)`` and
+    ``keys`` ``(batch|1, rows, size)``, the allowed pairs ``(batch|1, rows, block, size)``, and which query blocks
+    need that mask (``None``: all)."""
+
+    rows: torch.Tensor
+    index: torch.Tensor
+    queries: torch.Tensor
+    keys: torch.Tensor
+    allowed: torch.Tensor
+    masked: tuple[bool, ...] | None
+
+
+def _layout(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor | None) -> list[_Group]:
+    """The groups of query blocks and what each may see: built from this batch's masks alone, once per batch."""
+    coverage = _coverage(call, blocks)
+    device = call.device
+    found = []
+    for rows, width in _groups(coverage > EMPTY):
+        index, present, full = _visits(coverage[:, rows], width, device)
+        queries = blocks.positions(device)[rows.to(device)]
+        keys = (index[..., None] * blocks.size + torch.arange(blocks.size, device=device)).flatten(-2)
+        i, j = queries[None, :, :, None], keys[:, :, None, :]
+        allowed = present.repeat_interleave(blocks.size, dim=-1)[:, :, None, :] & (j < call.length)
+        exact = full.repeat_interleave(blocks.size, dim=-1)[:, :, None, :]
+        allowed = allowed & (exact | token_mask(call).allowed(i, j, call.length))
+        clamped = j.clamp(max=call.length - 1)
+
+        def at_keys(values: torch.Tensor, clamped: torch.Tensor = clamped) -> torch.Tensor:
+            """``(batch, length)`` values at each example's keys, shaped as ``j`` with the batch."""
+            shape = (values.shape[0], *clamped.shape[1:])
+            return values.gather(1, clamped.expand(shape).flatten(1)).view(shape)
+
+        if keys_ok is not None:
+            allowed = allowed & at_keys(keys_ok)
+        if call.document_ids is not None:
+            documents = call.document_ids
+            padded = pad_length(documents, 0, blocks.padded - blocks.length).view(-1, blocks.count, blocks.size)
+            allowed = allowed & (padded[:, rows.to(device), :, None] == at_keys(documents))
+        masked = tuple((~allowed).flatten(2).any(-1).any(0).tolist()) if host.host_readable(allowed) else None
+        found.append(_Group(rows.to(device), index, queries, keys, allowed, masked))
+    return found
+
+
 def sparse_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor | None) -> Part:
     """Every query against the token keys the pattern allows it (mask part, window, documents), that ``keys_ok``
     ``(batch, length)`` allows (``None``: all), with the pattern's bias table and score terms."""
-    coverage = _coverage(call, blocks)
+    groups = call.per_batch(("sparse", blocks.size), lambda: _layout(call, blocks, keys_ok))
     q = blocks.split(call.q)
-    groups = _groups(coverage > EMPTY)
     if len(groups) == 1:
-        out, lse = _attend(call, blocks, keys_ok, q, coverage, torch.arange(blocks.count), groups[0][1])
+        out, lse = _attend(call, blocks, q, groups[0])
     else:
         out = q.new_empty((*q.shape[:-1], call.v.shape[-1]))
         lse = q.new_empty(q.shape[:-1], dtype=torch.promote_types(q.dtype, torch.float32))
-        for rows, width in groups:
-            chosen = rows.to(call.device)
-            part_out, part_lse = _attend(call, blocks, keys_ok, q[:, :, chosen], coverage[:, rows], rows, width)
-            out, lse = out.index_copy(2, chosen, part_out), lse.index_copy(2, chosen, part_lse.to(lse.dtype))
+        for group in groups:
+            part_out, part_lse = _attend(call, blocks, q[:, :, group.rows], group)
+            out = out.index_copy(2, group.rows, part_out)
+            lse = lse.index_copy(2, group.rows, part_lse.to(lse.dtype))
     return Part(blocks.join(out), blocks.join(lse))
 
 
-def _attend(
-    call: AttentionCall,
-    blocks: Blocks,
-    keys_ok: torch.Tensor | None,
-    q: torch.Tensor,
-    coverage: torch.Tensor,
-    rows: torch.Tensor,
-    width: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query blocks ``rows`` (``q`` ``(batch, heads, len(rows), block, dim)``) against their visited key blocks, at
-    most ``width`` each: the kernel's output and log-sum-exp for those blocks."""
-    index, present, full = _visits(coverage, width, call.device)
-    size = width * blocks.size
-    device = call.device
-    queries = blocks.positions(device)[rows.to(device)]  # (rows, block)
-    keys = (index[..., None] * blocks.size + torch.arange(blocks.size, device=device)).flatten(-2)  # (b, rows, size)
-    i, j = queries[None, :, :, None], keys[:, :, None, :]
-    allowed = present.repeat_interleave(blocks.size, dim=-1)[:, :, None, :] & (j < call.length)
-    exact = full.repeat_interleave(blocks.size, dim=-1)[:, :, None, :]
-    allowed = allowed & (exact | token_mask(call).allowed(i, j, call.length))
-    clamped = j.clamp(max=call.length - 1)
-
-    def at_keys(values: torch.Tensor) -> torch.Tensor:
-        """``(batch, length)`` values at each example's keys, shaped as ``j`` with the batch."""
-        shape = (values.shape[0], *clamped.shape[1:])
-        return values.gather(1, clamped.expand(shape).flatten(1)).view(shape)
-
-    if keys_ok is not None:
-        allowed = allowed & at_keys(keys_ok)
-    if call.document_ids is not None:
-        documents = call.document_ids
-        padded = pad_length(documents, 0, blocks.padded - blocks.length).view(-1, blocks.count, blocks.size)
-        allowed = allowed & (padded[:, rows.to(device), :, None] == at_keys(documents))
-    masked = None
-    if host.host_readable(allowed):
-        masked = tuple((~allowed).flatten(2).any(-1).any(0).tolist())
+def _attend(call: AttentionCall, blocks: Blocks, q: torch.Tensor, group: _Group) -> tuple[torch.Tensor, torch.Tensor]:
+    """The group's query blocks ``q`` ``(batch, heads, rows, block, dim)`` against their visited key blocks: the
+    kernel's output and log-sum-exp for those blocks."""
+    i, j = group.queries[None, :, :, None], group.keys[:, :, None, :]
 
     def positions() -> tuple[torch.Tensor, torch.Tensor]:
-        return queries[None], keys[:, :, None, :]
+        return group.queries[None], group.keys[:, :, None, :]
 
+    size = group.keys.shape[-1]
     return blocked_attention(
         q,
-        _gather(call.k, blocks, index),
-        _gather(call.v, blocks, index),
+        _gather(call.k, blocks, group.index),
+        _gather(call.v, blocks, group.index),
         size=size,
         step=size,
         scale=call.scale,
         softcap=call.pattern.softcap,
         bias=_bias(call, i, j),
-        valid=allowed[:, None],
-        masked=masked,
+        valid=group.allowed[:, None],
+        masked=group.masked,
         dropout=BlockDropout.of(call.dropout, positions),
     )
 

@@ -79,12 +79,16 @@ def window_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor | Non
     after = padded_keys - left - call.length
     k = pad_length(call.k, left, after)
     v = pad_length(call.v, left, after)
-    known = None
-    if keys_ok is None:
-        known = edge_blocks(blocks, left, right)
-        keys_ok = torch.ones(call.batch, call.length, dtype=torch.bool, device=call.device)
-    valid = pad_length(keys_ok, left, after, value=False).unfold(1, size, blocks.size)[:, : blocks.count]
-    masked = known if known is not None else masked_blocks(valid)
+
+    def key_mask() -> tuple[torch.Tensor, tuple[bool, ...] | None]:
+        ok, known = keys_ok, None
+        if ok is None:
+            known = edge_blocks(blocks, left, right)
+            ok = torch.ones(call.batch, call.length, dtype=torch.bool, device=call.device)
+        valid = pad_length(ok, left, after, value=False).unfold(1, size, blocks.size)[:, : blocks.count]
+        return valid, (known if known is not None else masked_blocks(valid))
+
+    valid, masked = call.per_batch(("window", blocks.size, left, size), key_mask)
 
     def positions() -> tuple[torch.Tensor, torch.Tensor]:
         first = torch.arange(blocks.count, device=call.device)[:, None, None] * blocks.size - left
