@@ -14,6 +14,7 @@ from attnreg.pattern.predicates import (
     ScoreTerm,
     register_part,
 )
+from attnreg.pattern.prepared import PreparedMask
 from attnreg.pattern.scores import ALiBi
 from attnreg.pattern.spec import Cost, Pattern
 
@@ -29,6 +30,7 @@ __all__ = [
     "KeyRange",
     "MaskPart",
     "Pattern",
+    "PreparedMask",
     "QueryRange",
     "RandomBlocks",
     "RelativePositionBias",

@@ -11,7 +11,7 @@ from torch import nn
 
 import attnreg
 from attnreg.execution import host
-from attnreg.nn import project_linears
+from attnreg.nn import SharedBatch, project_linears
 from attnreg.validation import require
 from attnreg_longformer.masks import layer_masks
 from attnreg_longformer.pattern import layer_pattern
@@ -52,6 +52,8 @@ class LongformerSelfAttention(nn.Module):
         self.pattern = layer_pattern(config.attention_window, layer_id)
         self.one_sided_attn_window_size = self.pattern.window.left
         self.config = config
+        #: The batch's prepared masks; a built model gives all its layers one (see attnreg.nn.SharedBatch).
+        self.attnreg_batch = SharedBatch()
 
     def forward(
         self,
@@ -85,20 +87,18 @@ class LongformerSelfAttention(nn.Module):
             linears = (self.query, self.key, self.value, self.key_global, self.value_global)
             q, k, v, global_k, global_v = self._project(hidden_states, linears)
             global_qkv = (self._global_queries(hidden_states, masks.global_mask), global_k, global_v)
-        inputs = {
-            "attention_mask": masks.real,
-            "global_mask": masks.global_mask,
-            "global_qkv": global_qkv,
-            "dropout_p": self.dropout if self.training else 0.0,
-        }
+        batch_masks = {"attention_mask": masks.real, "global_mask": masks.global_mask}
         if masks.global_mask is not None:
-            inputs["max_globals"] = self.attnreg_max_globals
+            batch_masks["max_globals"] = self.attnreg_max_globals
+        source = is_index_masked if is_index_masked is not None else attention_mask
+        prepared = self.attnreg_batch.prepare(source, self.pattern, length, **batch_masks)
+        inputs = {"global_qkv": global_qkv, "dropout_p": self.dropout if self.training else 0.0}
 
         if not output_attentions:
-            out = attnreg.attention(q, k, v, self.pattern, **inputs, backend=self.attnreg_backend)
+            out = attnreg.attention(q, k, v, prepared, **inputs, backend=self.attnreg_backend)
             return (self._merge_heads(out),)
 
-        out, weights = attnreg.attention_weights(q, k, v, self.pattern, **inputs)
+        out, weights = attnreg.attention_weights(q, k, v, prepared, **inputs)
         local, global_ = transformers_probs(weights, masks.global_mask, self.one_sided_attn_window_size)
         outputs = (self._merge_heads(out), local)
         if masks.global_mask is not None and (is_global_attn or bool(masks.global_mask.any())):

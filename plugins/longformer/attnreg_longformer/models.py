@@ -16,6 +16,7 @@ from transformers import LongformerConfig
 from transformers.models.longformer import modeling_longformer
 
 from attnreg import PatternError
+from attnreg.nn import SharedBatch
 from attnreg.validation import reject_unknown, require
 from attnreg_longformer.layer import LongformerSelfAttention
 from attnreg_longformer.pattern import layer_pattern
@@ -106,6 +107,10 @@ def use_attnreg_attention(model: torch.nn.Module) -> torch.nn.Module:
             if isinstance(child, modeling_longformer.LongformerSelfAttention):
                 setattr(parent, name, from_transformers(child))
                 replaced += 1
+    batch = SharedBatch()  # every layer attends under the same masks: prepared once per forward
+    for module in model.modules():
+        if isinstance(module, LongformerSelfAttention):
+            module.attnreg_batch = batch
     if replaced == 0 and not any(isinstance(m, LongformerSelfAttention) for m in model.modules()):
         raise PatternError(f"model={type(model).__name__} is not allowed: it has no LongformerSelfAttention layer")
     return model

@@ -232,3 +232,20 @@ def test_without_padding_to_the_window(checkpoint) -> None:
         torch.testing.assert_close(layer[1, :, :, 0], expected_probs[1, :, :, 0], atol=1e-6, rtol=1e-4)
     with pytest.raises(attnreg.PatternError, match="pad_to_window='no'"):
         attnreg.build("longformer", TINY_CONFIG, pad_to_window="no")
+
+
+def test_the_encoder_prepares_its_masks_once_per_forward(checkpoint, monkeypatch) -> None:
+    """Every layer attends under the same padding and global tokens: the pattern is prepared by the first layer and
+    reused by the others (attnreg.nn.SharedBatch), so the engines build their key masks and slots once per forward."""
+    ours, _ = pair(checkpoint)
+    prepared = []
+    original = attnreg.Pattern.prepare
+    monkeypatch.setattr(
+        attnreg.Pattern, "prepare", lambda self, *a, **k: prepared.append(self) or original(self, *a, **k)
+    )
+    batch = make_batch([21, 13], [[0], [3, 4]])
+    for _forward_pass in range(2):
+        ours(**{name: value.clone() for name, value in batch.items()})
+    windows = {m.pattern for m in ours.modules() if isinstance(m, LongformerSelfAttention)}
+    assert len(windows) == 2  # the tiny config's two layers have windows 4 and 8
+    assert len(prepared) == 2 * len(windows)  # one per forward and window, not one per layer

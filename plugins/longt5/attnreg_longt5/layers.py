@@ -15,7 +15,7 @@ import torch
 from transformers.models.longt5 import modeling_longt5
 
 import attnreg
-from attnreg.nn import project_linears
+from attnreg.nn import SharedBatch, project_linears
 from attnreg.validation import require
 from attnreg_longt5.blocked import from_blocked, to_blocked
 from attnreg_longt5.patterns import local_params, longt5_local, longt5_tglobal
@@ -80,6 +80,8 @@ class _AttnregLongT5Attention:
     def _init_attnreg(self, layer_idx: int | None, pattern: attnreg.Pattern) -> None:
         self.layer_idx = layer_idx
         self.pattern = pattern
+        #: The batch's prepared masks; a built model gives all its layers one (see attnreg.nn.SharedBatch).
+        self.attnreg_batch = SharedBatch()
 
     def forward(
         self,
@@ -91,9 +93,11 @@ class _AttnregLongT5Attention:
         """``(output, position_bias)``, plus the ``(batch, blocks, heads, block_len, 3 * block_len + count)``
         weights on request (``count`` aggregated keys for TGlobal, none for local)."""
         real = token_mask(mask, hidden_states, self.block_len)
+        length = hidden_states.shape[1]
+        prepared = self.attnreg_batch.prepare(mask, self.pattern, length, attention_mask=real)
         shared = self._shared_bias(position_bias, hidden_states)
         aggregated_kv = self._aggregated_kv(hidden_states, real)
-        output, weights = self._attend(hidden_states, real, shared, aggregated_kv, output_attentions)
+        output, weights = self._attend(hidden_states, prepared, shared, aggregated_kv, output_attentions)
         return (output, shared, weights) if output_attentions else (output, shared)
 
     def _aggregated_kv(
@@ -129,7 +133,7 @@ class _AttnregLongT5Attention:
     def _attend(
         self,
         hidden_states: torch.Tensor,
-        real: torch.Tensor | None,
+        prepared: attnreg.PreparedMask,
         shared: SharedPositionBias,
         aggregated_kv: tuple[torch.Tensor, torch.Tensor] | None,
         output_attentions: bool,
@@ -141,7 +145,6 @@ class _AttnregLongT5Attention:
         """
         q, k, v = self._project(hidden_states, (self.q, self.k, self.v))
         inputs: dict[str, Any] = {
-            "attention_mask": real,
             "bias_weight": shared.bias_weight,
             "dropout_p": self.dropout if self.training else 0.0,
         }
@@ -149,12 +152,12 @@ class _AttnregLongT5Attention:
             inputs.update(aggregated_kv=aggregated_kv, aggregated_bias_weight=shared.aggregated_bias_weight)
         blocked = None
         if output_attentions:
-            _, weights = attnreg.attention_weights(q, k, v, self.pattern, **inputs)
+            _, weights = attnreg.attention_weights(q, k, v, prepared, **inputs)
             blocked = to_blocked(weights, self.block_len)
             values = v if aggregated_kv is None else torch.cat([v, aggregated_kv[1]], dim=2)
             out = from_blocked(blocked, q.shape[2]) @ values  # the output flows through the returned weights
         else:
-            out = attnreg.attention(q, k, v, self.pattern, backend=self.attnreg_backend, **inputs)
+            out = attnreg.attention(q, k, v, prepared, backend=self.attnreg_backend, **inputs)
         out = out.transpose(1, 2).reshape(hidden_states.shape[0], -1, self.inner_dim)
         return self.o(out), blocked
 

@@ -15,6 +15,7 @@ import torch
 from transformers import LongT5Config, LongT5EncoderModel, LongT5ForConditionalGeneration
 from transformers.models.longt5 import modeling_longt5
 
+from attnreg.nn import SharedBatch
 from attnreg.validation import reject_unknown, require, require_int
 from attnreg_longt5.layers import LongT5LocalAttention, LongT5TransientGlobalAttention
 
@@ -162,6 +163,7 @@ def use_attnreg_attention(model: torch.nn.Module, *, backend: str | None = None)
         "expected a transformers LongT5 model (LongT5ForConditionalGeneration, LongT5Model or LongT5EncoderModel)",
     )
     attribute, layer_class = _LAYERS[encoder.config.encoder_attention_type]
+    batch = SharedBatch()  # every layer attends under the same masks: prepared once per forward
     for index, block in enumerate(encoder.block):
         old = getattr(block.layer[0], attribute)
         if not isinstance(old, layer_class):
@@ -173,6 +175,7 @@ def use_attnreg_attention(model: torch.nn.Module, *, backend: str | None = None)
             new.train(old.training)
             setattr(block.layer[0], attribute, new)
         getattr(block.layer[0], attribute).attnreg_backend = backend
+        getattr(block.layer[0], attribute).attnreg_batch = batch
     return model
 
 

@@ -223,3 +223,20 @@ def test_pretrained_takes_config_overrides_or_a_whole_config(checkpoint):
     assert attnreg.build(name, pretrained=str(folder), dropout_rate=0.3).config.dropout_rate == 0.3
     given = tiny_config(name, dropout_rate=0.2)
     assert attnreg.build(name, given, pretrained=folder, head="encoder").config.dropout_rate == 0.2
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_the_encoder_prepares_its_masks_once_per_forward(checkpoint, training, monkeypatch):
+    """Every layer attends under the same padding: the pattern is prepared by the first layer and reused by the
+    others (attnreg.nn.SharedBatch), so the engines build their key masks once per forward."""
+    _, ours = _pair(checkpoint, backend="blocked")
+    ours.train(training)
+    prepared = []
+    original = attnreg.Pattern.prepare
+    monkeypatch.setattr(
+        attnreg.Pattern, "prepare", lambda self, *a, **k: prepared.append(self) or original(self, *a, **k)
+    )
+    ids, mask = padded_batch([17, 11])
+    for _forward_pass in range(2):
+        _forward(ours, ids, mask.clone())
+    assert len(prepared) == 2  # one per forward, not one per layer
