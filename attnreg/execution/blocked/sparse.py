@@ -20,6 +20,10 @@ from attnreg.execution.blocked.merge import Part
 from attnreg.execution.call import AttentionCall
 from attnreg.pattern.predicates import EMPTY, FULL, AllOf, Band, MaskPart, coverage_table
 
+#: Pairs the layout evaluates at once while it finds the keys each query block uses: it runs once per batch, so a
+#: small budget costs little time and keeps its scratch (int64 positions, several bool masks) well under the kernel's.
+_LAYOUT_PAIRS = 1 << 16
+
 
 def uses_sparse(call: AttentionCall) -> bool:
     """Whether the call's token keys go through this path (a mask part, score terms or documents)."""
@@ -84,62 +88,103 @@ def _visits(coverage: torch.Tensor, width: int, device: torch.device) -> tuple[t
     return order.to(device), present.to(device), full.to(device)
 
 
-def _gather(x: torch.Tensor, blocks: Blocks, index: torch.Tensor) -> torch.Tensor:
-    """``(batch, heads, query blocks * K * size, dim)``: the keys (or values) of each query block's visited blocks."""
-    batch, heads, _, dim = x.shape
-    padded = pad_length(x, 0, blocks.padded - blocks.length).view(batch, heads, blocks.count, blocks.size, dim)
-    if index.shape[0] == 1:
-        chosen = padded[:, :, index[0]]  # (batch, heads, query blocks, K, size, dim)
-    else:
-        rows = torch.arange(batch, device=x.device)[:, None, None]
-        chosen = padded.transpose(1, 2)[rows, index].permute(0, 3, 1, 2, 4, 5)
-    return chosen.reshape(batch, heads, -1, dim)
-
-
 @dataclass(frozen=True)
 class _Group:
-    """Query blocks ``rows`` that visit at most ``width`` key blocks each, laid out for the kernel: the visited
-    blocks ``index`` ``(batch|1, rows, width)``, the dense query and key positions ``queries`` ``(rows, block)`` and
-    ``keys`` ``(batch|1, rows, size)``, the allowed pairs ``(batch|1, rows, block, size)``, and which query blocks
-    need that mask (``None``: all)."""
+    """Query blocks ``rows`` laid out for the kernel: the dense query and key positions ``queries`` ``(rows, block)``
+    and ``keys`` ``(batch|1, rows, size)``, the allowed pairs ``(batch|1, rows, block, size)``, and which query
+    blocks need that mask (``None``: all)."""
 
     rows: torch.Tensor
-    index: torch.Tensor
     queries: torch.Tensor
     keys: torch.Tensor
     allowed: torch.Tensor
     masked: tuple[bool, ...] | None
 
 
+def _allowed(
+    call: AttentionCall,
+    blocks: Blocks,
+    keys_ok: torch.Tensor | None,
+    rows: torch.Tensor,
+    keys: torch.Tensor,
+    present: torch.Tensor,
+    full: torch.Tensor,
+) -> torch.Tensor:
+    """``(batch|1, rows, block, keys)``: which of ``keys`` ``(batch|1, rows, keys)`` (positions; ``present`` where a
+    slot holds one, ``full`` where the pattern allows it to the whole block) each query of blocks ``rows`` sees."""
+    device = call.device
+    i, j = blocks.positions(device)[rows][None, :, :, None], keys[:, :, None, :]
+    allowed = present[:, :, None, :] & (j < call.length)
+    allowed = allowed & (full[:, :, None, :] | token_mask(call).allowed(i, j, call.length))
+    clamped = j.clamp(max=call.length - 1)
+
+    def at_keys(values: torch.Tensor) -> torch.Tensor:
+        """``(batch, length)`` values at each example's keys, shaped as ``j`` with the batch."""
+        shape = (values.shape[0], *clamped.shape[1:])
+        return values.gather(1, clamped.expand(shape).flatten(1)).view(shape)
+
+    if keys_ok is not None:
+        allowed = allowed & at_keys(keys_ok)
+    if call.document_ids is not None:
+        documents = call.document_ids
+        padded = pad_length(documents, 0, blocks.padded - blocks.length).view(-1, blocks.count, blocks.size)
+        allowed = allowed & (padded[:, rows, :, None] == at_keys(documents))
+    return allowed
+
+
+def _used_keys(call, blocks, keys_ok, rows, keys, present, full) -> tuple[torch.Tensor, ...]:
+    """``keys``, ``present`` and ``full`` cut to the keys some query of each block sees: the token-level union of its
+    blocks' allowed pairs, worked out a few query blocks at a time (never the whole group's pairs at once)."""
+    step = max(1, _LAYOUT_PAIRS // (blocks.size * keys.shape[-1]))
+    used = torch.cat(
+        [
+            _allowed(
+                call,
+                blocks,
+                keys_ok,
+                rows[first : first + step],
+                *(x[:, first : first + step] for x in (keys, present, full)),
+            ).any(dim=2)
+            for first in range(0, len(rows), step)
+        ],
+        dim=1,
+    )
+    count = max(int(used.sum(-1).max()), 1)
+    order = torch.sort((~used).to(torch.int8), dim=-1, stable=True).indices[..., :count]
+    keys, full = (x.expand(used.shape[0], *x.shape[1:]) for x in (keys, full))  # documents or padding: per example
+    return keys.gather(-1, order), used.gather(-1, order), full.gather(-1, order)
+
+
 def _layout(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor | None) -> list[_Group]:
-    """The groups of query blocks and what each may see: built from this batch's masks alone, once per batch."""
+    """The groups of query blocks and what each may see: built from this batch's masks alone, once per batch.
+
+    Where the masks can be read without a device sync, each query block keeps only the keys some of its queries see
+    (a scattered part such as strided columns then costs its allowed pairs, not its visited blocks); elsewhere it
+    keeps its visited blocks whole."""
     coverage = _coverage(call, blocks)
     device = call.device
     found = []
     for rows, width in _groups(coverage > EMPTY):
         index, present, full = _visits(coverage[:, rows], width, device)
-        queries = blocks.positions(device)[rows.to(device)]
+        rows = rows.to(device)
         keys = (index[..., None] * blocks.size + torch.arange(blocks.size, device=device)).flatten(-2)
-        i, j = queries[None, :, :, None], keys[:, :, None, :]
-        allowed = present.repeat_interleave(blocks.size, dim=-1)[:, :, None, :] & (j < call.length)
-        exact = full.repeat_interleave(blocks.size, dim=-1)[:, :, None, :]
-        allowed = allowed & (exact | token_mask(call).allowed(i, j, call.length))
-        clamped = j.clamp(max=call.length - 1)
-
-        def at_keys(values: torch.Tensor, clamped: torch.Tensor = clamped) -> torch.Tensor:
-            """``(batch, length)`` values at each example's keys, shaped as ``j`` with the batch."""
-            shape = (values.shape[0], *clamped.shape[1:])
-            return values.gather(1, clamped.expand(shape).flatten(1)).view(shape)
-
-        if keys_ok is not None:
-            allowed = allowed & at_keys(keys_ok)
-        if call.document_ids is not None:
-            documents = call.document_ids
-            padded = pad_length(documents, 0, blocks.padded - blocks.length).view(-1, blocks.count, blocks.size)
-            allowed = allowed & (padded[:, rows.to(device), :, None] == at_keys(documents))
+        present, full = (x.repeat_interleave(blocks.size, dim=-1) for x in (present, full))
+        if host.host_readable(keys):
+            keys, present, full = _used_keys(call, blocks, keys_ok, rows, keys, present, full)
+        allowed = _allowed(call, blocks, keys_ok, rows, keys, present, full)
         masked = tuple((~allowed).flatten(2).any(-1).any(0).tolist()) if host.host_readable(allowed) else None
-        found.append(_Group(rows.to(device), index, queries, keys, allowed, masked))
+        found.append(_Group(rows, blocks.positions(device)[rows], keys, allowed, masked))
     return found
+
+
+def _take(x: torch.Tensor, keys: torch.Tensor, length: int) -> torch.Tensor:
+    """``(batch, heads, rows * keys, dim)``: the rows of ``x`` ``(batch, heads, length, dim)`` at ``keys``
+    ``(batch|1, rows, keys)`` (positions past the sequence read its last row; they are masked)."""
+    flat = keys.clamp(max=length - 1).flatten(1)
+    if flat.shape[0] == 1:
+        return x.index_select(2, flat[0])
+    batch = torch.arange(x.shape[0], device=x.device)[:, None]
+    return x[batch, :, flat].permute(0, 2, 1, 3)
 
 
 def sparse_part(call: AttentionCall, blocks: Blocks, keys_ok: torch.Tensor | None) -> Part:
@@ -170,8 +215,8 @@ def _attend(call: AttentionCall, blocks: Blocks, q: torch.Tensor, group: _Group)
     size = group.keys.shape[-1]
     return blocked_attention(
         q,
-        _gather(call.k, blocks, group.index),
-        _gather(call.v, blocks, group.index),
+        _take(call.k, group.keys, call.length),
+        _take(call.v, group.keys, call.length),
         size=size,
         step=size,
         scale=call.scale,
