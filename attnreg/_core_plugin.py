@@ -1,5 +1,5 @@
-"""attnreg's own plugin: the engines, the gallery of patterns and the generic builders of the core, through the
-hooks any plugin uses."""
+"""attnreg's own plugin: the engines, the part kinds, the gallery of patterns and the generic builders of the core,
+through the hooks any plugin uses."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from attnreg.execution.blocked import BlockedEngine
 from attnreg.execution.dense_sdpa import DenseSdpaEngine
 from attnreg.execution.reference import ReferenceEngine
 from attnreg.execution.xformers_engine import XformersEngine
+from attnreg.pattern.predicates import CORE_PART_TYPES
 from attnreg.registry.hookspecs import hookimpl
 from attnreg.registry.registry import PluginRegistrar
 
@@ -38,3 +39,10 @@ def attnreg_add_patterns(registrar: PluginRegistrar) -> None:
 
     for name, (factory, description) in GALLERY.items():
         registrar.add_pattern(name, factory, description=description)
+
+
+@hookimpl
+def attnreg_add_parts(registrar: PluginRegistrar) -> None:
+    """The core's part kinds: the mask parts of :mod:`attnreg.pattern.predicates` and the score terms (ALiBi)."""
+    for part_type in CORE_PART_TYPES:
+        registrar.add_part(part_type)

@@ -129,6 +129,21 @@ def test_list_shows_the_engines_with_their_plugin(listed):
     assert ["demo-engine", "demo_engines", "attnreg-demo", "1.2.3", "refuses"] in [row[:5] for row in section]
 
 
+@pytest.mark.parametrize(
+    ("kind", "described"),
+    [
+        ("band", "mask part Band(left: int | None = None, right: int | None = None): i - left <= j <= i + right"),
+        ("any", "mask part AnyOf(parts: tuple[MaskPart, ...] = ()): The union"),
+        ("alibi", "score term ALiBi(): Attention with linear biases"),
+    ],
+)
+def test_list_shows_each_part_kind_with_its_plugin_class_and_parameters(listed, kind, described):
+    section = listed.stdout.split("\nparts:\n")[1].split("\n\n")[0].splitlines()
+    row = next(line.split(maxsplit=4) for line in section if line.split()[0] == kind)
+    assert row[:4] == [kind, "attnreg.core", "attnreg", "(core)"]
+    assert row[4].startswith(described)
+
+
 def test_list_shows_a_broken_plugin_with_the_end_of_its_traceback(listed):
     failed = listed.stdout.split("failed plugins:")[1]
     assert "broken  attnreg-broken 0.3  failed to import entry point 'broken_plugin'" in failed

@@ -1,4 +1,4 @@
-"""The third-party path: the example plugin distribution, and a plugin written from docs/plugin-authoring.md alone.
+"""The third-party path: the example plugin distributions, and a plugin written from docs/plugin-authoring.md alone.
 
 Both run in subprocesses, as a user's shell would: ``python -m attnreg list``, ``python -m attnreg check NAME``,
 ``pytest`` with attnreg's pytest plugin, and the doc's model-building snippet.
@@ -18,7 +18,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: The entry points these tests are about; every other installed attnreg plugin is switched off in the
 #: subprocesses so that they do not pay for importing, e.g., transformers.
-UNDER_TEST = {"causal-window", "bandglobal"}
+UNDER_TEST = {"causal-window", "strided", "bandglobal"}
+#: The example distributions in examples/: (folder, entry point, pattern, what ``attnreg check`` passes it).
+EXAMPLES = [
+    ("attnreg-causal-window", "causal-window", "causal-window", []),
+    ("attnreg-strided", "strided", "strided", ["--param", "local=3", "--param", "stride=4"]),
+]
+EXAMPLE_IDS = [folder for folder, *_ in EXAMPLES]
 DOC = ROOT / "docs" / "plugin-authoring.md"
 FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
@@ -45,23 +51,46 @@ def doc_blocks() -> tuple[dict[str, str], list[str]]:
     return files, snippets
 
 
-def test_the_example_plugin_is_listed():
+def test_every_example_plugin_has_an_entry_here():
+    assert sorted(p.parent.name for p in (ROOT / "examples").glob("*/pyproject.toml")) == sorted(EXAMPLE_IDS)
+
+
+@pytest.mark.parametrize(("folder", "plugin", "pattern", "params"), EXAMPLES, ids=EXAMPLE_IDS)
+def test_the_example_plugin_is_listed(folder, plugin, pattern, params):
     result = run([sys.executable, "-m", "attnreg", "list"])
     assert result.returncode == 0, result.stderr
-    assert re.search(r"causal-window\s+causal-window\s+attnreg-causal-window 0\.1\.0", result.stdout), result.stdout
+    row = rf"^  {re.escape(pattern)}\s+{re.escape(plugin)}\s+{re.escape(folder)} 0\.1\.0"
+    assert re.search(row, result.stdout, re.MULTILINE), result.stdout
 
 
-def test_the_example_plugin_passes_attnreg_check():
-    result = run([sys.executable, "-m", "attnreg", "check", "causal-window", "--quick"])
+def test_the_strided_example_lists_its_part_kind_as_its_own():
+    result = run([sys.executable, "-m", "attnreg", "list"])
+    row = r"^  strided-columns\s+strided\s+attnreg-strided 0\.1\.0\s+mask part StridedColumns\(stride: int = 64\)"
+    assert re.search(row, result.stdout, re.MULTILINE), result.stdout
+
+
+@pytest.mark.parametrize(("folder", "plugin", "pattern", "params"), EXAMPLES, ids=EXAMPLE_IDS)
+def test_the_example_plugin_passes_attnreg_check(folder, plugin, pattern, params):
+    result = run([sys.executable, "-m", "attnreg", "check", pattern, "--quick", *params])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"^causal-window\s+ok", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(rf"^{re.escape(pattern)}\s+ok", result.stdout, re.MULTILINE), result.stdout
     assert " 0 failed" in result.stdout
 
 
-def test_the_example_plugin_tests_pass():
-    tests = ROOT / "examples" / "attnreg-causal-window" / "tests"
+@pytest.mark.parametrize(("folder", "plugin", "pattern", "params"), EXAMPLES, ids=EXAMPLE_IDS)
+def test_the_example_plugin_tests_pass(folder, plugin, pattern, params):
+    tests = ROOT / "examples" / folder / "tests"
     result = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)], cwd=tests.parent)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_docs_part_section_runs_as_written(tmp_path):
+    blocks = [body for language, info, body in FENCE.findall(DOC.read_text()) if info.split() == ["part"]]
+    assert len(blocks) == 3
+    (tmp_path / "chunked.py").write_text("\n".join(blocks))
+    result = run([sys.executable, str(tmp_path / "chunked.py")], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("chunked "), result.stdout
 
 
 def test_the_doc_names_every_file_of_its_layout():

@@ -42,6 +42,31 @@ UNMARKED_HOOK = """
         registrar.add_pattern("never", lambda: attnreg.Pattern())
 """
 
+PART = """
+    import dataclasses
+    import typing
+
+    import torch
+
+    import attnreg
+
+
+    @dataclasses.dataclass(frozen=True)
+    class EveryKth(attnreg.MaskPart):
+        '''Keys j mod k == 0 (a test part, default coverage).'''
+
+        kind: typing.ClassVar[str] = "{kind}"
+        k: int = 3
+
+        def allowed(self, i, j, length):
+            return (j % self.k == 0) & torch.ones_like(i, dtype=torch.bool)
+
+
+    @attnreg.hookimpl
+    def attnreg_add_parts(registrar):
+        registrar.add_part(EveryKth)
+"""
+
 
 def plugin_patterns(registry):
     """The pattern names the test's distributions registered (the core's own gallery left out)."""
@@ -103,7 +128,7 @@ def test_a_plugin_with_a_misspelt_hook_name_is_kept_aside_naming_the_function_an
     assert failure.error == (
         "has hook functions attnreg cannot call:\n"
         "attnreg_add_pattern is marked @attnreg.hookimpl but attnreg has no hook 'attnreg_add_pattern'; "
-        "did you mean 'attnreg_add_patterns'?"
+        "did you mean 'attnreg_add_patterns' or 'attnreg_add_parts'?"
     )
     assert not registry.manager.has_plugin("typo_plugin")
 
@@ -218,3 +243,68 @@ def test_disabling_one_of_two_distributions_sharing_an_entry_point_name_loads_th
     registry = load_registry(*sites, env={"ATTNREG_DISABLE_PLUGINS": "attnreg-two"})
     assert plugin_patterns(registry) == ["pattern-one"]
     assert not registry.conflicts
+
+
+def part_distribution(site, dist, module, kind, write_distribution, version="1.0"):
+    return write_distribution(site, dist, version, {module: PART.replace("{kind}", kind)}, {module: module})
+
+
+def test_a_plugin_distribution_adds_a_part_kind_that_patterns_data_and_engines_use(
+    tmp_path, run_attnreg, write_distribution
+):
+    site = part_distribution(tmp_path / "site", "attnreg-kth", "kth_plugin", "every-kth", write_distribution, "0.2")
+    used = run_attnreg(
+        sites=[site],
+        code="""
+            import torch, attnreg
+            from kth_plugin import EveryKth
+
+            entry = attnreg.get_registry().part_entry("every-kth")
+            assert (entry.part_type, entry.plugin.source) == (EveryKth, "attnreg-kth 0.2"), entry
+            pattern = attnreg.Pattern(mask=EveryKth(4) | attnreg.Band(1, 0))
+            assert attnreg.Pattern.from_json(pattern.to_json()) == pattern
+            q, k, v = (torch.randn(1, 2, 13, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+            out = {b: attnreg.attention(q, k, v, pattern, backend=b) for b in ("blocked", "reference")}
+            torch.testing.assert_close(out["blocked"], out["reference"])
+            grads = {b: torch.autograd.grad(o.sum(), (q, k, v)) for b, o in out.items()}
+            torch.testing.assert_close(grads["blocked"], grads["reference"])
+            print("ok")
+        """,
+    )
+    assert used.returncode == 0 and used.stdout == "ok\n", used.stdout + used.stderr
+    listed = run_attnreg("list", sites=[site])
+    row = next(line.split(maxsplit=4) for line in listed.stdout.splitlines() if line.startswith("  every-kth"))
+    assert row == [
+        "every-kth",
+        "kth_plugin",
+        "attnreg-kth",
+        "0.2",
+        "mask part EveryKth(k: int = 3): Keys j mod k == 0 (a test part, default coverage).",
+    ]
+
+
+def test_two_distributions_claiming_one_part_kind_is_an_error_naming_both(tmp_path, load_registry, write_distribution):
+    site = part_distribution(tmp_path / "site", "attnreg-alpha", "alpha_plugin", "shared-kind", write_distribution)
+    part_distribution(site, "attnreg-beta", "beta_plugin", "shared-kind", write_distribution, "2.0")
+    registry = load_registry(site)
+    assert "shared-kind" not in registry.part_types()
+    message = "part kind 'shared-kind' is claimed by more than one plugin: attnreg-alpha 1.0 and attnreg-beta 2.0"
+    with pytest.raises(ConflictError, match=message):
+        registry.part_entry("shared-kind")
+    assert str(registry.part_kind_error("shared-kind")).startswith(message)
+
+
+def test_a_distribution_claiming_a_core_part_kind_is_kept_aside_naming_the_kind(
+    tmp_path, load_registry, write_distribution
+):
+    site = part_distribution(tmp_path / "site", "attnreg-usurper", "usurper", "band", write_distribution)
+    working(site, "attnreg-ringo", "ringo_plugin", "ringo", write_distribution)
+    registry = load_registry(site)
+    (failure,) = registry.failures()
+    assert (failure.name, failure.source) == ("usurper", "attnreg-usurper 1.0")
+    assert failure.error == (
+        "claims part kinds of attnreg's core:\n'band' (attnreg.pattern.predicates.Band): the core's kinds cannot be "
+        "replaced; give the plugin's part another kind"
+    )
+    assert registry.part_entry("band").plugin.name == "attnreg.core"
+    assert plugin_patterns(registry) == ["ringo"]

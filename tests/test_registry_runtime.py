@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import ast
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+import torch
 
 import attnreg
 from attnreg import AttnregError, ConflictError, Pattern, PatternError, PluginError, UnknownNameError, Window
+from attnreg.pattern.predicates import CORE_PART_TYPES, Band, part_kinds
 from attnreg.registry import Registry
 
 
@@ -28,6 +32,39 @@ class Patterns:
     def attnreg_add_patterns(self, registrar) -> None:
         for name in self.names:
             registrar.add_pattern(name, sliding)
+
+
+@dataclass(frozen=True)
+class EvenKeys(attnreg.MaskPart):
+    """Keys at even positions (a test part with the default, all-partial coverage)."""
+
+    kind: ClassVar[str] = "test-even-keys"
+    offset: int = 0
+
+    def allowed(self, i, j, length):
+        return ((j + self.offset) % 2 == 0) & torch.ones_like(i, dtype=torch.bool)
+
+
+@dataclass(frozen=True)
+class OtherEvenKeys(EvenKeys):
+    """Another type claiming the same kind."""
+
+
+@dataclass(frozen=True)
+class MyBand(Band):
+    """A plugin's type claiming a kind of the core's."""
+
+
+class Parts:
+    """A plugin object adding part types."""
+
+    def __init__(self, *part_types: type) -> None:
+        self.part_types = part_types
+
+    @attnreg.hookimpl
+    def attnreg_add_parts(self, registrar) -> None:
+        for part_type in self.part_types:
+            registrar.add_part(part_type)
 
 
 class RaisesInHook:
@@ -157,7 +194,7 @@ def test_a_run_time_plugin_whose_hook_raises_is_an_error_and_can_be_registered_a
         (
             MisspeltHook(),
             "attnreg_add_pattern is marked @attnreg.hookimpl but attnreg has no hook 'attnreg_add_pattern'; "
-            "did you mean 'attnreg_add_patterns'?",
+            "did you mean 'attnreg_add_patterns' or 'attnreg_add_parts'?",
         ),
         (
             UnknownArgument(),
@@ -288,6 +325,126 @@ def test_the_module_level_functions_use_the_process_wide_registry():
     finally:
         attnreg.unregister_plugin(name)
     assert "test-runtime-slide" not in attnreg.list_patterns()
+
+
+def test_a_registered_plugin_adds_its_part_kinds(registry):
+    registry.register_plugin(Parts(EvenKeys), "mine")
+    entry = registry.part_entry("test-even-keys")
+    assert (entry.part_type, entry.family, entry.plugin.name) == (EvenKeys, "mask part", "mine")
+    assert registry.part_types() == {"test-even-keys": EvenKeys}
+    assert registry.empty_plugins == {}
+    registry.unregister_plugin("mine")
+    assert registry.part_types() == {}
+
+
+def test_the_core_part_kinds_arrive_through_the_core_plugin(core_registry):
+    assert core_registry.part_types() == {part_type.kind: part_type for part_type in CORE_PART_TYPES}
+    assert {"band", "any", "all", "alibi"} <= set(core_registry.part_types())
+    assert {entry.plugin.name for entry in core_registry.parts.values()} == {"attnreg.core"}
+
+
+def test_the_process_wide_registry_is_where_patterns_find_their_part_kinds():
+    name = attnreg.register_plugin(Parts(EvenKeys), "test-runtime-parts")
+    try:
+        assert part_kinds() == attnreg.get_registry().part_types()
+        pattern = Pattern(mask=EvenKeys(1) | Band(1, 0))
+        assert Pattern.from_dict(pattern.to_dict()) == pattern
+        assert Pattern.from_json(pattern.to_json()) == pattern
+    finally:
+        attnreg.unregister_plugin(name)
+    assert "test-even-keys" not in part_kinds()
+    with pytest.raises(PatternError, match=r"part kind='test-even-keys' is not allowed: known MaskPart kinds are"):
+        Pattern.from_dict(pattern.to_dict())
+
+
+def test_a_plugin_part_runs_on_the_blocked_engine_as_on_the_reference():
+    pattern = Pattern(mask=EvenKeys() | Band(2, 0))
+    q, k, v = (torch.randn(2, 2, 19, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    outputs = {}
+    for backend in ("blocked", "reference"):
+        out = attnreg.attention(q, k, v, pattern, backend=backend)
+        outputs[backend] = (out, *torch.autograd.grad(out.square().sum(), (q, k, v)))
+    for blocked, reference in zip(outputs["blocked"], outputs["reference"], strict=True):
+        torch.testing.assert_close(blocked, reference)
+
+
+def test_a_run_time_plugin_claiming_a_taken_part_kind_is_refused_naming_both(registry):
+    registry.register_plugin(Parts(EvenKeys), "first")
+    with pytest.raises(
+        ConflictError, match="part kind 'test-even-keys' is claimed by more than one plugin: first and second"
+    ):
+        registry.register_plugin(Parts(OtherEvenKeys), "second")
+    assert registry.part_types() == {"test-even-keys": EvenKeys}
+
+
+def test_a_part_kind_two_plugins_claim_is_neither_s_and_using_it_names_both(registry):
+    registry.register_plugin(Parts(EvenKeys), "first")
+    registry.plugins["first"] = attnreg.registry.PluginInfo("first", "attnreg-first", "1.0")
+    registry.manager.register(Parts(OtherEvenKeys), name="second")
+    registry.plugins["second"] = attnreg.registry.PluginInfo("second", "attnreg-second", "2.0")
+    registry.rebuild()
+    assert registry.part_types() == {}
+    message = "part kind 'test-even-keys' is claimed by more than one plugin: attnreg-first 1.0 and attnreg-second 2.0"
+    with pytest.raises(ConflictError, match=message):
+        registry.part_entry("test-even-keys")
+    assert str(registry.part_kind_error("test-even-keys")).startswith(message)
+    assert registry.part_kind_error("band") is None
+
+
+def test_a_plugin_claiming_a_core_part_kind_fails_naming_the_kind_and_the_core_keeps_it(core_registry):
+    with pytest.raises(PluginError) as error:
+        core_registry.register_plugin(Parts(MyBand), "usurper")
+    assert str(error.value) == (
+        "plugin 'usurper' claims part kinds of attnreg's core:\n'band' (attnreg.pattern.predicates.Band): the core's "
+        "kinds cannot be replaced; give the plugin's part another kind"
+    )
+    assert "usurper" not in core_registry.plugins
+    assert core_registry.part_entry("band").part_type is Band
+
+
+def test_one_plugin_adding_two_types_of_one_kind_is_an_error_naming_both():
+    from attnreg.registry import PluginInfo, PluginRegistrar
+
+    registrar = PluginRegistrar(PluginInfo("p"))
+    registrar.add_part(EvenKeys)
+    registrar.add_part(EvenKeys)
+    with pytest.raises(
+        PatternError,
+        match=r"part kind 'test-even-keys' is added twice by plugin 'p': by .*\.EvenKeys "
+        r"and by .*\.OtherEvenKeys",
+    ):
+        registrar.add_part(OtherEvenKeys)
+    assert [entry.part_type for entry in registrar.parts] == [EvenKeys]
+
+
+class NotAPart:
+    kind = "not-a-part"
+
+
+@dataclass
+class Mutable(attnreg.MaskPart):
+    kind: ClassVar[str] = "mutable"
+
+
+@dataclass(frozen=True)
+class Nameless(attnreg.MaskPart):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("part_type", "named"),
+    [
+        (NotAPart, "expected a subclass of attnreg.MaskPart or attnreg.ScoreTerm"),
+        (Mutable, "part_type='Mutable' is not allowed: expected a frozen dataclass"),
+        (Nameless, "Nameless.kind='' is not allowed: expected a non-empty name"),
+    ],
+)
+def test_registrar_rejects_a_part_type_that_is_no_frozen_part_dataclass_with_a_kind(part_type, named):
+    from attnreg.registry import PluginInfo, PluginRegistrar
+
+    with pytest.raises(PatternError, match="is not allowed") as error:
+        PluginRegistrar(PluginInfo("p")).add_part(part_type)
+    assert named in str(error.value)
 
 
 def test_the_core_engines_arrive_through_the_core_plugin(core_registry):

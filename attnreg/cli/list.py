@@ -1,9 +1,10 @@
-"""``attnreg list``: the registered patterns, builders, engines and benchmarks, failed plugins and conflicts.
+"""``attnreg list``: the registered patterns, part kinds, builders, engines and benchmarks, failed plugins and
+conflicts.
 
 A plugin that failed to import, marks a function that is no hook, or raised in its hook is listed beside the
 working ones with the reason (a traceback shortened unless ``--verbose``), and a plugin that registered nothing
-gets a line too, so a broken installation is visible rather than silently missing. ``--verbose`` also lists each
-pattern's parameters.
+gets a line too, so a broken installation is visible rather than silently missing. Each part kind is listed with its
+class and parameters; ``--verbose`` also lists each pattern's parameters.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import argparse
 import sys
 from collections.abc import Iterable
 
-from attnreg.cli._params import parameters_text, plain_text
+from attnreg.cli._params import parameter_text, parameters_text, plain_text
 from attnreg.registry import (
     BenchmarkEntry,
     BuilderEntry,
     ConflictError,
+    PartEntry,
     PatternEntry,
     PluginError,
     Registry,
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``list`` command."""
     parser = subparsers.add_parser(
         "list",
-        help="list patterns, builders, engines and plugins (failed ones included)",
+        help="list patterns, part kinds, builders, engines and plugins (failed ones included)",
         description="List what the installed plugins registered, which plugins failed, and name conflicts.",
     )
     parser.add_argument(
@@ -52,11 +54,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(registry: Registry, *, verbose: bool = False) -> str:
-    """The registry as text: one section per kind (patterns with their parameters when ``verbose``), then failed
-    plugins, conflicts, plugins that registered nothing and disabled plugins."""
+    """The registry as text: one section per kind of contribution (patterns with their parameters when ``verbose``,
+    part kinds with their class signatures), then failed plugins, conflicts, plugins that registered nothing and
+    disabled plugins."""
     parameters = {name: parameters_text(entry) for name, entry in registry.patterns.items()} if verbose else {}
     sections = [
         _section("patterns", _rows(registry.patterns.values()), parameters),
+        _section("parts", _part_rows(registry.parts.values())),
         _section("builders", _rows(registry.builders.values())),
         _section("engines", _engine_rows(registry)),
         _section("benchmarks", _rows(registry.benchmarks.values())),
@@ -74,6 +78,17 @@ Row = tuple[str, str, str, str]
 def _rows(entries: Iterable[PatternEntry | BuilderEntry | BenchmarkEntry]) -> list[Row]:
     """(name, plugin, distribution and version, description) of registered entries."""
     return [(e.name, e.plugin.name, e.plugin.source, e.description) for e in entries]
+
+
+def _part_rows(entries: Iterable[PartEntry]) -> list[Row]:
+    """The same columns for part kinds, the description led by the family and the class with its parameters:
+    ``mask part Band(left: int | None = None, right: int | None = None): ...``."""
+    rows = []
+    for e in entries:
+        signature = ", ".join(map(parameter_text, e.keyword_parameters().values()))
+        described = f"{e.family} {e.part_type.__name__}({signature}): {e.description}"
+        rows.append((e.kind, e.plugin.name, e.plugin.source, described))
+    return rows
 
 
 def _engine_rows(registry: Registry) -> list[Row]:

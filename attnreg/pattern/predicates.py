@@ -5,13 +5,16 @@ A mask part is a small frozen value that says which token pairs may attend: its 
 and keys at once, whether every pair is allowed (``FULL``), none is (``EMPTY``) or some are (``PARTIAL``). Engines
 build a block-sparse layout from the coverage without an n² tensor, and evaluate the predicate on partial blocks
 only. Parts are data: :func:`part_to_dict` / :func:`part_from_dict` round-trip them by their registered ``kind``.
-Plugins add kinds through the ``attnreg_add_parts`` hook; the core's are registered below.
+Which kinds exist is the registry's answer: the core plugin registers the kinds declared here with
+:func:`register_part`, plugins add theirs through the ``attnreg_add_parts`` hook, and this module (below the registry)
+reads the registry's table through the :class:`PartKinds` source the registry installs with :func:`use_part_kinds`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -68,33 +71,85 @@ class ScoreTerm:
         raise NotImplementedError
 
 
-_KINDS: dict[str, type] = {}
+#: attnreg's own part types, in declaration order: what the core plugin registers through ``attnreg_add_parts``.
+CORE_PART_TYPES: list[type] = []
 
 
-def register_part(part_type: type) -> type:
-    """Register a mask part or score term type under its ``kind`` (usable as a class decorator); a kind claimed by
-    another type is an error naming both."""
+class PartKinds(Protocol):
+    """Where the part kinds come from: the registry (core and plugins), which installs itself with
+    :func:`use_part_kinds`; this module sits below the registry and never imports it."""
+
+    def part_types(self) -> dict[str, type]:
+        """Every usable kind (claimed by exactly one plugin) and its type."""
+        ...
+
+    def part_kind_error(self, kind: str) -> Exception | None:
+        """Why ``kind`` cannot be used although claimed (two plugins claim it), or None."""
+        ...
+
+
+class _CoreKinds:
+    """The source before a registry is installed: the core's kinds only."""
+
+    def part_types(self) -> dict[str, type]:
+        return {part_type.kind: part_type for part_type in CORE_PART_TYPES}
+
+    def part_kind_error(self, kind: str) -> Exception | None:
+        return None
+
+
+_part_kinds: Callable[[], PartKinds] = _CoreKinds
+
+
+def use_part_kinds(source: Callable[[], PartKinds]) -> None:
+    """Make :func:`part_kinds` and :func:`part_from_dict` ask ``source()`` (called at each look-up, so it may load
+    lazily): ``attnreg.registry`` installs the process-wide registry."""
+    global _part_kinds
+    _part_kinds = source
+
+
+def check_part_type(part_type: object) -> type:
+    """``part_type`` if it can be registered: a frozen dataclass subclassing :class:`MaskPart` or
+    :class:`ScoreTerm` with a non-empty string ``kind``; otherwise an error naming what is wrong."""
     require(
         isinstance(part_type, type) and issubclass(part_type, (MaskPart, ScoreTerm)),
         "part_type",
         part_type,
         "expected a subclass of attnreg.MaskPart or attnreg.ScoreTerm",
     )
+    name = part_type.__name__
+    require(
+        is_dataclass(part_type) and part_type.__dataclass_params__.frozen,
+        "part_type",
+        name,
+        "expected a frozen dataclass (@dataclasses.dataclass(frozen=True)): parts are hashable values",
+    )
     kind = part_type.kind
-    require(isinstance(kind, str) and kind, f"{part_type.__name__}.kind", kind, "expected a non-empty string")
-    owner = _KINDS.get(kind)
-    if owner is not None and owner is not part_type:
-        raise PatternError(
-            f"mask part kind {kind!r} is claimed twice: by {owner.__module__}.{owner.__qualname__} and by "
-            f"{part_type.__module__}.{part_type.__qualname__}"
-        )
-    _KINDS[kind] = part_type
+    require(isinstance(kind, str) and kind.strip() == kind and kind, f"{name}.kind", kind, "expected a non-empty name")
+    return part_type
+
+
+def register_part(part_type: type) -> type:
+    """Declare one of attnreg's own part types (a class decorator); the core plugin registers them with the registry.
+
+    Plugins add kinds through the ``attnreg_add_parts`` hook instead, so that the registry knows whose they are. A
+    kind another core type declares is an error naming both.
+    """
+    check_part_type(part_type)
+    for owner in CORE_PART_TYPES:
+        if owner.kind == part_type.kind and owner is not part_type:
+            raise PatternError(
+                f"mask part kind {part_type.kind!r} is claimed twice: by {owner.__module__}.{owner.__qualname__} and "
+                f"by {part_type.__module__}.{part_type.__qualname__}"
+            )
+    if part_type not in CORE_PART_TYPES:
+        CORE_PART_TYPES.append(part_type)
     return part_type
 
 
 def part_kinds() -> dict[str, type]:
-    """Every registered part type (mask parts and score terms) by kind."""
-    return dict(_KINDS)
+    """Every registered part type (mask parts and score terms) by kind: the core's and the plugins'."""
+    return _part_kinds().part_types()
 
 
 def part_to_dict(part: MaskPart | ScoreTerm) -> dict[str, Any]:
@@ -111,10 +166,15 @@ def part_from_dict(data: dict[str, Any], family: type = MaskPart) -> Any:
     unknown kinds and parameters are errors."""
     require(isinstance(data, dict) and "kind" in data, "part", data, "expected a dict with a 'kind'")
     kind = data["kind"]
-    known = sorted(k for k, t in _KINDS.items() if issubclass(t, family))
+    source = _part_kinds()
+    types = source.part_types()
+    known = sorted(k for k, t in types.items() if issubclass(t, family))
     if kind not in known:
+        error = source.part_kind_error(kind) if isinstance(kind, str) else None
+        if error is not None:
+            raise error
         raise PatternError(f"part kind={kind!r} is not allowed: known {family.__name__} kinds are {', '.join(known)}")
-    part_type = _KINDS[kind]
+    part_type = types[kind]
     params = {key: value for key, value in data.items() if key != "kind"}
     only_keys(f"mask part {kind!r}", params, [f.name for f in fields(part_type)])
     if "parts" in params:

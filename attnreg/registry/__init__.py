@@ -5,12 +5,14 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from attnreg.pattern.predicates import use_part_kinds
 from attnreg.pattern.spec import Pattern
 from attnreg.registry.hookspecs import hookimpl, hookspec
 from attnreg.registry.registry import (
     BenchmarkEntry,
     BuilderEntry,
     ConflictError,
+    PartEntry,
     PatternEntry,
     PluginError,
     PluginInfo,
@@ -24,6 +26,7 @@ __all__ = [
     "BenchmarkEntry",
     "BuilderEntry",
     "ConflictError",
+    "PartEntry",
     "PatternEntry",
     "PluginError",
     "PluginInfo",
@@ -62,6 +65,10 @@ def reload_registry() -> Registry:
     with _lock:
         _registry = None
     return get_registry()
+
+
+# Which part kinds exist is the process-wide registry's answer, also for Pattern.from_dict below the registry.
+use_part_kinds(get_registry)
 
 
 def list_patterns() -> list[str]:

@@ -42,6 +42,21 @@ def attnreg_add_patterns(registrar: PluginRegistrar, registry: PluginRegistrar) 
 
 
 @hookspec(warn_on_impl_args=_RENAMED)
+def attnreg_add_parts(registrar: PluginRegistrar, registry: PluginRegistrar) -> None:
+    """Add part kinds with ``registrar.add_part(part_type)``: an :class:`attnreg.MaskPart` or
+    :class:`attnreg.ScoreTerm` subclass, a frozen dataclass whose ``kind`` names it in a pattern's data.
+
+    Called once for each plugin whenever the registry is (re)built; returns nothing. A registered kind can be used
+    in ``Pattern(mask=...)`` and is rebuilt by ``Pattern.from_dict`` from its ``kind``; every engine runs a mask part
+    through its ``allowed`` and ``coverage``. A kind two plugins claim is usable by neither (an error naming both),
+    and a plugin claiming one of the core's kinds fails to load.
+
+    :param registrar: adds this plugin's contributions, remembering that this plugin added them.
+    :param registry: the same object under its old name (deprecated).
+    """
+
+
+@hookspec(warn_on_impl_args=_RENAMED)
 def attnreg_add_builders(registrar: PluginRegistrar, registry: PluginRegistrar) -> None:
     """Add model builders with ``registrar.add_builder(name, builder, description=...)``.
 

@@ -20,6 +20,7 @@ from typing import Any
 import pluggy
 
 from attnreg.execution.engine import Engine
+from attnreg.pattern.predicates import MaskPart, check_part_type
 from attnreg.pattern.spec import Pattern
 from attnreg.registry import hookspecs
 from attnreg.validation import AttnregError, PatternError, reject_unknown
@@ -120,6 +121,30 @@ class BenchmarkEntry:
 
 
 @dataclass(frozen=True)
+class PartEntry:
+    """A registered part kind: its type (a frozen :class:`attnreg.MaskPart` or :class:`attnreg.ScoreTerm`
+    dataclass) and the plugin that added it."""
+
+    kind: str
+    part_type: type
+    plugin: PluginInfo
+
+    @property
+    def family(self) -> str:
+        """``"mask part"`` or ``"score term"``: where a pattern takes it (``mask=`` or ``score_terms=``)."""
+        return "mask part" if issubclass(self.part_type, MaskPart) else "score term"
+
+    @property
+    def description(self) -> str:
+        """The first line of the part type's docstring."""
+        return _first_line(self.part_type)
+
+    def keyword_parameters(self) -> dict[str, inspect.Parameter]:
+        """The dataclass's fields as its constructor takes them, with their defaults and annotations."""
+        return dict(inspect.signature(self.part_type).parameters)
+
+
+@dataclass(frozen=True)
 class Conflict:
     """A name claimed by more than one plugin: nobody wins, using it is an error naming them all."""
 
@@ -147,6 +172,7 @@ class PluginRegistrar:
         self.builders: list[BuilderEntry] = []
         self.engines: list[Engine] = []
         self.benchmarks: list[BenchmarkEntry] = []
+        self.parts: list[PartEntry] = []
 
     def add_pattern(self, name: str, factory: Callable[..., Pattern], *, description: str = "") -> None:
         """Register ``factory(**params) -> Pattern`` under ``name``."""
@@ -176,9 +202,22 @@ class PluginRegistrar:
             raise PatternError(f"make_cases={make_cases!r} is not allowed for {name!r}: expected a callable")
         self.benchmarks.append(BenchmarkEntry(name, make_cases, self.plugin, description or _first_line(make_cases)))
 
+    def add_part(self, part_type: type) -> None:
+        """Register a part kind: ``part_type`` is a frozen dataclass subclassing :class:`attnreg.MaskPart` or
+        :class:`attnreg.ScoreTerm`, named in data by its ``kind``."""
+        check_part_type(part_type)
+        for entry in self.parts:
+            if entry.kind == part_type.kind and entry.part_type is not part_type:
+                raise PatternError(
+                    f"part kind {part_type.kind!r} is added twice by plugin {self.plugin.name!r}: by "
+                    f"{_qualified(entry.part_type)} and by {_qualified(part_type)}"
+                )
+        if all(entry.part_type is not part_type for entry in self.parts):
+            self.parts.append(PartEntry(part_type.kind, part_type, self.plugin))
+
     def is_empty(self) -> bool:
         """Whether the plugin's hooks added nothing at all."""
-        return not (self.patterns or self.builders or self.engines or self.benchmarks)
+        return not (self.patterns or self.builders or self.engines or self.benchmarks or self.parts)
 
 
 @dataclass
@@ -192,6 +231,7 @@ class Registry:
     engine_table: dict[str, Engine] = field(default_factory=dict)
     engine_plugins: dict[str, PluginInfo] = field(default_factory=dict)
     benchmarks: dict[str, BenchmarkEntry] = field(default_factory=dict)
+    parts: dict[str, PartEntry] = field(default_factory=dict)
     conflicts: dict[tuple[str, str], Conflict] = field(default_factory=dict)
     plugin_conflicts: dict[tuple[str, str], Conflict] = field(default_factory=dict)
     disabled: dict[str, PluginInfo] = field(default_factory=dict)
@@ -342,6 +382,7 @@ class Registry:
                 except Exception:
                     self._fail(info, f"raised in its {hook_name} hook")
                     registrars.pop(impl.plugin_name)
+        self._refuse_core_kinds(registrars)
         loaded = [r for name, r in sorted(registrars.items()) if not self.plugins[name].error]
         self.conflicts = dict(self.plugin_conflicts)
         self.patterns = self._claimed("pattern", [(e.name, e.plugin, e) for r in loaded for e in r.patterns])
@@ -350,11 +391,26 @@ class Registry:
         self.engine_table = {name: engine for name, (engine, _) in engines.items()}
         self.engine_plugins = {name: plugin for name, (_, plugin) in engines.items()}
         self.benchmarks = self._claimed("benchmark", [(e.name, e.plugin, e) for r in loaded for e in r.benchmarks])
+        self.parts = self._claimed(PART_KIND, [(e.kind, e.plugin, e) for r in loaded for e in r.parts])
         self.empty_plugins = {
             name: self._why_empty(name)
             for name, info in sorted(self.plugins.items())
             if not info.error and (name not in registrars or registrars[name].is_empty())
         }
+
+    def _refuse_core_kinds(self, registrars: dict[str, PluginRegistrar]) -> None:
+        """Fail every plugin that claims a part kind of the core's: the core's kinds are never contested."""
+        core = registrars.get(CORE_PLUGIN)
+        core_types = {entry.kind: entry.part_type for entry in core.parts} if core else {}
+        for name, registrar in sorted(registrars.items()):
+            taken = [entry.kind for entry in registrar.parts if name != CORE_PLUGIN and entry.kind in core_types]
+            if taken and not self.plugins[name].error:
+                owners = ", ".join(f"{kind!r} ({_qualified(core_types[kind])})" for kind in taken)
+                self._fail(
+                    registrar.plugin,
+                    "claims part kinds of attnreg's core",
+                    f"{owners}: the core's kinds cannot be replaced; give the plugin's part another kind",
+                )
 
     def _why_empty(self, name: str) -> str:
         """Why plugin ``name`` added nothing, as far as can be told: most often a hook function left unmarked."""
@@ -416,6 +472,19 @@ class Registry:
         """Every registered engine."""
         return list(self.engine_table.values())
 
+    def part_entry(self, kind: str) -> PartEntry:
+        """The registered part kind ``kind`` (its type and plugin)."""
+        return self._lookup(PART_KIND, kind, self.parts)
+
+    def part_types(self) -> dict[str, type]:
+        """Every usable part kind and its type: the table ``Pattern.from_dict`` rebuilds parts from."""
+        return {kind: entry.part_type for kind, entry in self.parts.items()}
+
+    def part_kind_error(self, kind: str) -> Exception | None:
+        """The error of using ``kind`` when several plugins claim it; None otherwise."""
+        conflict = self.conflicts.get((PART_KIND, kind))
+        return conflict.error() if conflict else None
+
     def _lookup(self, kind: str, name: str, table: dict[str, Any]) -> Any:
         if (kind, name) in self.conflicts:
             raise self.conflicts[(kind, name)].error()
@@ -448,6 +517,9 @@ def _check_name(what: str, name: object) -> None:
         raise PatternError(f"{what}={name!r} is not allowed: expected a non-empty string without surrounding spaces")
 
 
+#: What the registry calls a part kind in its tables, conflicts and errors.
+PART_KIND = "part kind"
+
 #: What ``attnreg list`` says of a plugin with ``@hookimpl`` functions that attnreg cannot call.
 HOOK_PROBLEMS = "has hook functions attnreg cannot call"
 
@@ -479,6 +551,10 @@ def _did_you_mean(name: object, known: Iterable[str], *, cutoff: float = 0.5) ->
     """``"did you mean 'a' or 'b'? "`` with the names in ``known`` closest to ``name``, or ``""`` if none is close."""
     close = difflib.get_close_matches(str(name), list(known), n=3, cutoff=cutoff)
     return f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+
+
+def _qualified(part_type: type) -> str:
+    return f"{part_type.__module__}.{part_type.__qualname__}"
 
 
 def _first_line(obj: object) -> str:
