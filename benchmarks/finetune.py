@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 import transformers
-from harness import LONGFORMER_SIZES, describe, environment, save_longformer, save_longt5
+from harness import LONGFORMER_SIZES, describe, environment, model_names, save_longformer, save_longt5
 from torch import nn
 
 import attnreg
@@ -94,10 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, help="draw the loss curves here (PNG)")
     parser.add_argument("--json", type=Path, help="write every step's loss and time, and the statistics, here")
     args = parser.parse_args(argv)
-    args.models = [name.strip() for name in args.models.split(",") if name.strip()]
-    unknown = sorted(set(args.models) - set(MODELS))
-    if unknown:
-        parser.error(f"--models: unknown {unknown}; expected some of {list(MODELS)}")
+    args.models = model_names(parser, args.models, MODELS)
     for option in ("steps", "seeds", "eval_every", "batch", "layers"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")

@@ -7,12 +7,13 @@ run as ``python benchmarks/NAME.py``, which puts this folder on ``sys.path``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,15 @@ def set_hidden_dropout(model: torch.nn.Module, p: float) -> int:
     for module in modules:
         module.p = p
     return len(modules)
+
+
+def model_names(parser: argparse.ArgumentParser, text: str, known: Iterable[str]) -> list[str]:
+    """``--models``' comma-separated names, each one of ``known`` (otherwise the parser's usage error)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; expected some of {list(known)}")
+    return names
 
 
 def alternate(

@@ -46,7 +46,16 @@ from typing import Any
 
 import torch
 import transformers
-from harness import LONGFORMER_SIZES, alternate, describe, environment, save_longformer, save_longt5, set_hidden_dropout
+from harness import (
+    LONGFORMER_SIZES,
+    alternate,
+    describe,
+    environment,
+    model_names,
+    save_longformer,
+    save_longt5,
+    set_hidden_dropout,
+)
 
 import attnreg
 from attnreg.bench.cases import pin_backend
@@ -101,10 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", help="pin an attnreg engine on every attnreg layer (default: the dispatcher)")
     parser.add_argument("--json", type=Path, help="write the figures and the environment here")
     args = parser.parse_args(argv)
-    args.models = [name.strip() for name in args.models.split(",") if name.strip()]
-    unknown = sorted(set(args.models) - set(MODELS))
-    if unknown:
-        parser.error(f"--models: unknown {unknown}; expected some of {list(MODELS)}")
+    args.models = model_names(parser, args.models, MODELS)
     args.lengths = sorted({int(part) for part in args.lengths.split(",") if part.strip()})
     return args
 

@@ -231,50 +231,47 @@ class Band(MaskPart):
         return _tri(full, empty)
 
 
+@dataclass(frozen=True)
+class _Range(MaskPart):
+    """Positions ``start <= x < stop`` (``stop=None``: to the end) on one axis: keys or queries."""
+
+    start: int = 0
+    stop: int | None = None
+    #: 0: the range is on queries (``i``); 1: on keys (``j``).
+    axis: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        require_int(f"{type(self).__name__}.start", self.start, minimum=0)
+        _optional_bound(f"{type(self).__name__}.stop", self.stop)
+
+    def sizes(self) -> set[int]:
+        return {self.start, *([] if self.stop is None else [self.stop])}
+
+    def allowed(self, i, j, length: int):
+        inside, other = (i, j) if self.axis == 0 else (j, i)
+        return _in_range(inside, self.start, self.stop) & torch.ones_like(other, dtype=torch.bool)
+
+    def coverage(self, q_first, q_last, k_first, k_last, length):
+        first, last, other = (q_first, q_last, k_first) if self.axis == 0 else (k_first, k_last, q_first)
+        return _range_coverage(first, last, self.start, self.stop) + torch.zeros_like(other, dtype=torch.int8)
+
+
 @register_part
 @dataclass(frozen=True)
-class KeyRange(MaskPart):
+class KeyRange(_Range):
     """Keys ``start <= j < stop`` (``stop=None``: to the end): sink tokens, a prefix every query sees."""
 
     kind: ClassVar[str] = "key-range"
-    start: int = 0
-    stop: int | None = None
-
-    def __post_init__(self) -> None:
-        require_int("KeyRange.start", self.start, minimum=0)
-        _optional_bound("KeyRange.stop", self.stop)
-
-    def sizes(self) -> set[int]:
-        return {self.start, *([] if self.stop is None else [self.stop])}
-
-    def allowed(self, i, j, length: int):
-        return _in_range(j, self.start, self.stop) & torch.ones_like(i, dtype=torch.bool)
-
-    def coverage(self, q_first, q_last, k_first, k_last, length):
-        return _range_coverage(k_first, k_last, self.start, self.stop) + torch.zeros_like(q_first, dtype=torch.int8)
+    axis: ClassVar[int] = 1
 
 
 @register_part
 @dataclass(frozen=True)
-class QueryRange(MaskPart):
+class QueryRange(_Range):
     """Queries ``start <= i < stop`` see every key (``stop=None``: to the end): global query rows at fixed places."""
 
     kind: ClassVar[str] = "query-range"
-    start: int = 0
-    stop: int | None = None
-
-    def __post_init__(self) -> None:
-        require_int("QueryRange.start", self.start, minimum=0)
-        _optional_bound("QueryRange.stop", self.stop)
-
-    def sizes(self) -> set[int]:
-        return {self.start, *([] if self.stop is None else [self.stop])}
-
-    def allowed(self, i, j, length: int):
-        return _in_range(i, self.start, self.stop) & torch.ones_like(j, dtype=torch.bool)
-
-    def coverage(self, q_first, q_last, k_first, k_last, length):
-        return _range_coverage(q_first, q_last, self.start, self.stop) + torch.zeros_like(k_first, dtype=torch.int8)
+    axis: ClassVar[int] = 0
 
 
 @register_part

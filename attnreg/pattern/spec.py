@@ -26,6 +26,17 @@ _PART_TYPES: dict[str, type] = {
 }
 
 
+def _positive(name: str, value: object, default: str) -> float:
+    """``value`` as a float after checking it is a finite number > 0 (errors name ``name`` and say ``default``)."""
+    require(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0,
+        name,
+        value,
+        f"expected {default} or a finite number > 0",
+    )
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Cost:
     """What a pattern costs at one length, computed without materialising it."""
@@ -81,16 +92,7 @@ class Pattern:
             "needs aggregated_globals: a bias over aggregated keys without aggregated keys means nothing",
         )
         if self.scale is not None:
-            require(
-                isinstance(self.scale, (int, float))
-                and not isinstance(self.scale, bool)
-                and math.isfinite(self.scale)
-                and self.scale > 0,
-                "Pattern.scale",
-                self.scale,
-                "expected None (1/sqrt(head_dim)) or a finite number > 0",
-            )
-            object.__setattr__(self, "scale", float(self.scale))
+            object.__setattr__(self, "scale", _positive("Pattern.scale", self.scale, "None (1/sqrt(head_dim))"))
         require(
             self.mask is None or isinstance(self.mask, MaskPart),
             "Pattern.mask",
@@ -106,16 +108,7 @@ class Pattern:
             "expected a tuple of score terms (attnreg.ScoreTerm, e.g. ALiBi())",
         )
         if self.softcap is not None:
-            require(
-                isinstance(self.softcap, (int, float))
-                and not isinstance(self.softcap, bool)
-                and math.isfinite(self.softcap)
-                and self.softcap > 0,
-                "Pattern.softcap",
-                self.softcap,
-                "expected None or a finite number > 0",
-            )
-            object.__setattr__(self, "softcap", float(self.softcap))
+            object.__setattr__(self, "softcap", _positive("Pattern.softcap", self.softcap, "None"))
 
     def __repr__(self) -> str:
         parts = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if getattr(self, f.name) not in (None, ())]
