@@ -337,3 +337,16 @@ def test_one_wide_query_block_widens_only_its_own_group() -> None:
 
 def test_gallery_descriptions_name_every_registered_gallery_pattern() -> None:
     assert set(gallery.GALLERY) <= set(attnreg.list_patterns())
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("streaming-llm", {"window": 512}), ("dilated-window", {"radius": 128}), ("bigbird", {}), ("prefix-lm", {})],
+)
+def test_the_dispatcher_estimates_the_blocked_engine_from_the_blocks_it_visits(name: str, params: dict) -> None:
+    """Sparse gallery patterns at 4096 tokens run on the blocked engine, not on dense SDPA."""
+    from attnreg.execution import choose
+
+    q = torch.randn(1, 8, 4096, 64)
+    call = make_call(q, q, q, attnreg.get_pattern(name, **params))
+    assert choose(call, attnreg.get_registry().engines()).name == "blocked"

@@ -9,7 +9,7 @@ from attnreg.execution.blocked.aggregated import aggregated_part
 from attnreg.execution.blocked.layout import Blocks
 from attnreg.execution.blocked.merge import merge
 from attnreg.execution.blocked.selected import Slots, global_key_part, global_query_rows
-from attnreg.execution.blocked.sparse import sparse_part, uses_sparse
+from attnreg.execution.blocked.sparse import sparse_part, uses_sparse, visited_pairs
 from attnreg.execution.blocked.window import window_part, window_reach, window_size
 from attnreg.execution.call import AttentionCall
 from attnreg.execution.engine import Engine
@@ -58,7 +58,10 @@ def blocked_attention_call(call: AttentionCall) -> torch.Tensor:
 def blocked_flops(call: AttentionCall) -> int:
     """Multiply-adds ×2 of the blocked computation, padding to whole blocks included."""
     blocks = Blocks.for_length(call.length)
-    keys = blocks.padded * window_size(blocks, *window_reach(call))
+    if uses_sparse(call):
+        keys = visited_pairs(call, blocks)
+    else:
+        keys = blocks.padded * window_size(blocks, *window_reach(call))
     if call.pattern.selected_globals is not None and call.global_mask is not None:
         keys += 2 * call.length  # one global token as the typical case; the dispatcher needs a rough figure
     keys += call.length * call.count

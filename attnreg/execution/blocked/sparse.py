@@ -37,6 +37,18 @@ def token_mask(call: AttentionCall) -> MaskPart:
     return band if mask is None else (mask if window is None else AllOf((band, mask)))
 
 
+def _pattern_coverage(call: AttentionCall, blocks: Blocks) -> torch.Tensor:
+    """``(query blocks, key blocks)`` int8 coverage of the pattern's token part, on the CPU (from shapes alone)."""
+    part = token_mask(call)
+    return cached(("sparse", part, call.length, blocks.size), lambda: coverage_table(part, call.length, blocks.size))
+
+
+def visited_pairs(call: AttentionCall, blocks: Blocks) -> int:
+    """Query-key pairs in the key blocks the pattern's coverage makes the queries visit (documents not counted):
+    the work the block-sparse path does, for the dispatcher's estimate."""
+    return int((_pattern_coverage(call, blocks) > EMPTY).sum()) * blocks.size * blocks.size
+
+
 def _document_coverage(documents: torch.Tensor, blocks: Blocks) -> torch.Tensor:
     """``(batch, blocks, blocks)`` int8: EMPTY where two blocks' document ranges are disjoint (no pair can share a
     document), FULL where both hold one and the same document, else PARTIAL."""
@@ -53,12 +65,7 @@ def _document_coverage(documents: torch.Tensor, blocks: Blocks) -> torch.Tensor:
 def _coverage(call: AttentionCall, blocks: Blocks) -> torch.Tensor:
     """``(batch|1, query blocks, key blocks)`` int8 coverage of the pattern's token part (and of the documents, where
     their ids can be read without a device sync; elsewhere every block they touch counts as partial), on the CPU."""
-    part = token_mask(call)
-
-    def table() -> torch.Tensor:
-        return coverage_table(part, call.length, blocks.size)
-
-    coverage = cached(("sparse", part, call.length, blocks.size), table)[None]
+    coverage = _pattern_coverage(call, blocks)[None]
     if call.document_ids is not None and host.host_readable(call.document_ids):
         coverage = torch.minimum(coverage, _document_coverage(call.document_ids.cpu(), blocks))
     elif call.document_ids is not None:
