@@ -7,7 +7,8 @@ What it measures (CPU, fp32, batch 1, ``--heads`` × ``--head-dim``, random q/k/
 - ``sliding-window-docs``: ``sliding-window(left=511, right=0)`` with ``document_ids`` of 4 equal consecutive documents;
 - ``bigbird``: ``bigbird(block=64, window_blocks=1, global_blocks=1, random_blocks=2)``,
 
-each run five ways: attnreg's ``blocked`` engine (``attnreg.attention(..., backend="blocked")``) and dense
+each run five ways: attnreg's ``blocked`` engine (``attnreg.attention(prepared, ..., backend="blocked")``, the
+pattern prepared once for the batch like Flex's block mask, its layout built in setup) and dense
 ``scaled_dot_product_attention`` with the materialised bool mask (``pattern.materialize(n, document_ids=...).allowed``,
 a ``(1, 1, n, n)`` mask), each forward (under ``torch.no_grad()``) and forward + ``sum().backward()`` (gradients of
 q, k, v cleared first); and FlexAttention, forward only (it has no CPU backward): ``torch.compile(flex_attention)``
@@ -180,8 +181,15 @@ def measure_case(
         raise SystemExit(f"{case.label} at {length}: a query with no allowed key (SDPA would give NaN)")
     setup["density"] = float(allowed.sum()) / length**2
 
+    # the counterpart of Flex's block mask: the pattern prepared for this batch, its block layout built on first use
+    start = time.perf_counter()
+    prepared = pattern.prepare(length, document_ids=docs)
+    with torch.no_grad():
+        attnreg.attention(q, k, v, prepared, backend="blocked")
+    setup["prepare_s"] = time.perf_counter() - start
+
     def blocked() -> torch.Tensor:
-        return attnreg.attention(q, k, v, pattern, document_ids=docs, backend="blocked")
+        return attnreg.attention(q, k, v, prepared, backend="blocked")
 
     def sdpa() -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
