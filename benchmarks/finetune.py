@@ -36,7 +36,6 @@ writes every step's loss and time and every held-out score.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -49,7 +48,7 @@ from typing import Any
 
 import torch
 import transformers
-from harness import LONGFORMER_SIZES, describe, environment, model_names, save_longformer, save_longt5
+from harness import LONGFORMER_SIZES, begin, model_names, save_longformer, save_longt5, save_report
 from torch import nn
 
 import attnreg
@@ -402,12 +401,7 @@ def _moving_average(values: list[float], window: int = 20) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    env = environment(torch.device("cpu"))
-    print(describe(env))
+    env = begin(args.threads, torch.device("cpu"))
     print(
         f"{args.steps} AdamW steps (lr {args.lr}, linear decay to 0), batch {args.batch} x {args.length} tokens, "
         f"tiny models of {args.layers} layers, dropout {args.dropout} (attention and hidden), seeds "
@@ -441,8 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         "'indistinguishable' means: across seeds, the 95% CIs of attnreg - transformers (training loss over the last "
         f"{args.last} steps, final held-out loss) contain 0, and the held-out gap is within one run's spread."
     )
+    save_report(args.json, report)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str))
         print(f"written: {args.json}")
     if args.plot:
         plot(report["models"], args.plot)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
@@ -48,7 +47,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from harness import alternate, describe, environment
+from harness import alternate, begin, save_report
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import attnreg
@@ -356,8 +355,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-flex", action="store_true", help="leave FlexAttention out (no compile)")
     parser.add_argument("--json", type=Path, help="write the figures and the environment here")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     lengths = sorted({int(part) for part in args.lengths.split(",") if part.strip()})
     names = list(CASES) if not args.patterns else [name.strip() for name in args.patterns.split(",") if name.strip()]
     unknown = [name for name in names if name not in CASES]
@@ -371,8 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(names) * len(lengths))
         compiled = torch.compile(flex_attention, dynamic=False)
 
-    env = environment(torch.device("cpu"))
-    print(describe(env))
+    env = begin(args.threads, torch.device("cpu"))
     print(f"fp32, batch 1, {args.heads} heads x {args.head_dim}, repeats {args.repeats}\n", flush=True)
     report: dict[str, Any] = {"environment": env, "settings": {**vars(args), "json": str(args.json)}, "results": []}
     results: list[dict[str, Any]] = report["results"]
@@ -393,8 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             if result["correctness"]:
                 check = ", ".join(f"{key} {value:.2e}" for key, value in result["correctness"].items())
                 print(f"  max abs diff: {check}", flush=True)
-            if args.json:
-                args.json.write_text(json.dumps(report, indent=2, default=str))
+            save_report(args.json, report)
         print(f"\n## {length} tokens: median ms and peak MiB\n")
         print("\n".join(length_table(at_length, labels)) + "\n", flush=True)
 
@@ -407,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(growth_table(rows, lengths)))
     report["wall_s"] = time.perf_counter() - started
     print(f"\nwall time: {report['wall_s']:.0f} s")
+    save_report(args.json, report)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str))
         print(f"written: {args.json}")
     return 0
 

@@ -8,6 +8,7 @@ run as ``python benchmarks/NAME.py``, which puts this folder on ``sys.path``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -176,6 +177,25 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         found["gpu"] = torch.cuda.get_device_name(device)
     return found
+
+
+def begin(threads: int | None, device: torch.device) -> dict[str, Any]:
+    """Start a benchmark run: ``threads`` (None: torch's choice), transformers quiet, the environment printed and
+    returned for the report."""
+    if threads:
+        torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    env = environment(device)
+    print(describe(env))
+    return env
+
+
+def save_report(path: Path | None, report: Mapping[str, Any]) -> None:
+    """Write ``report`` as JSON to ``path`` (nothing without one); rewritten as a run goes, so a cut-short run keeps
+    what it measured."""
+    if path is not None:
+        path.write_text(json.dumps(report, indent=2, default=str))
 
 
 def describe(env: Mapping[str, Any]) -> str:

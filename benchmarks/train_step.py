@@ -34,7 +34,6 @@ says which targets are met. ``--json FILE`` writes every figure, each step's tim
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -49,11 +48,11 @@ import transformers
 from harness import (
     LONGFORMER_SIZES,
     alternate,
-    describe,
-    environment,
+    begin,
     model_names,
     save_longformer,
     save_longt5,
+    save_report,
     set_hidden_dropout,
 )
 
@@ -251,12 +250,7 @@ def target_lines(results: dict[str, dict[int, dict[str, Any]]]) -> tuple[list[st
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    env = environment(torch.device(args.device))
-    print(describe(env))
+    env = begin(args.threads, torch.device(args.device))
     print(
         f"one train step (forward + backward of last_hidden_state.sum()), {args.size} widths, {args.layers} layers, "
         f"dropout {args.dropout} (attention and hidden), batch 1, float32, median of {args.repeats}; attnreg engine: "
@@ -282,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["ratios"] = ratios(entry["variants"], half and half["variants"])
                 results[name][length] = entry
                 print(table_row(length, entry["variants"], entry["ratios"]), flush=True)
-                if args.json:
-                    args.json.write_text(json.dumps(report, indent=2, default=str))
+                save_report(args.json, report)
             del models
         first = results[name][args.lengths[0]]
         print(f"\neval-mode output difference at {args.lengths[0]}: {first['eval_max_abs_diff']:.1e}")
@@ -294,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     report["targets"] = records
     if records:
         print("## targets\n\n" + "\n".join(lines))
+    save_report(args.json, report)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str))
         print(f"\nwritten: {args.json}")
     return 0
 
