@@ -12,7 +12,9 @@ reads the registry's table through the :class:`PartKinds` source the registry in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import operator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -375,66 +377,54 @@ class RandomBlocks(MaskPart):
         return torch.where(drawn == 0, EMPTY, torch.where(drawn == area, FULL, PARTIAL)).to(torch.int8)
 
 
+@dataclass(frozen=True)
+class _Composite(MaskPart):
+    """Parts combined pair by pair: ``combine`` for their predicates, ``strongest`` for their coverages (the
+    coverage of one combined range), ``causal_when`` over their causality."""
+
+    parts: tuple[MaskPart, ...] = ()
+    combine: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+    strongest: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+    causal_when: ClassVar[Callable[[Iterable[bool]], bool]]
+
+    def __post_init__(self) -> None:
+        _check_parts(f"{type(self).__name__}.parts", self.parts)
+
+    @property
+    def causal(self) -> bool:
+        return type(self).causal_when(part.causal for part in self.parts)
+
+    def sizes(self) -> set[int]:
+        return set().union(*(part.sizes() for part in self.parts))
+
+    def allowed(self, i, j, length: int):
+        return functools.reduce(type(self).combine, (part.allowed(i, j, length) for part in self.parts))
+
+    def coverage(self, q_first, q_last, k_first, k_last, length):
+        found = (part.coverage(q_first, q_last, k_first, k_last, length) for part in self.parts)
+        return functools.reduce(type(self).strongest, found)
+
+
 @register_part
 @dataclass(frozen=True)
-class AnyOf(MaskPart):
-    """The union: a pair is allowed when any part allows it."""
+class AnyOf(_Composite):
+    """The union: a pair is allowed when any part allows it (causal when every part is)."""
 
     kind: ClassVar[str] = "any"
-    parts: tuple[MaskPart, ...] = ()
-
-    def __post_init__(self) -> None:
-        _check_parts("AnyOf.parts", self.parts)
-
-    @property
-    def causal(self) -> bool:
-        return all(part.causal for part in self.parts)
-
-    def sizes(self) -> set[int]:
-        return set().union(*(part.sizes() for part in self.parts))
-
-    def allowed(self, i, j, length: int):
-        result = self.parts[0].allowed(i, j, length)
-        for part in self.parts[1:]:
-            result = result | part.allowed(i, j, length)
-        return result
-
-    def coverage(self, q_first, q_last, k_first, k_last, length):
-        result = self.parts[0].coverage(q_first, q_last, k_first, k_last, length)
-        for part in self.parts[1:]:
-            result = torch.maximum(result, part.coverage(q_first, q_last, k_first, k_last, length))
-        return result
+    combine = staticmethod(operator.or_)
+    strongest = staticmethod(torch.maximum)
+    causal_when = staticmethod(all)
 
 
 @register_part
 @dataclass(frozen=True)
-class AllOf(MaskPart):
-    """The intersection: a pair is allowed when every part allows it."""
+class AllOf(_Composite):
+    """The intersection: a pair is allowed when every part allows it (causal when any part is)."""
 
     kind: ClassVar[str] = "all"
-    parts: tuple[MaskPart, ...] = ()
-
-    def __post_init__(self) -> None:
-        _check_parts("AllOf.parts", self.parts)
-
-    @property
-    def causal(self) -> bool:
-        return any(part.causal for part in self.parts)
-
-    def sizes(self) -> set[int]:
-        return set().union(*(part.sizes() for part in self.parts))
-
-    def allowed(self, i, j, length: int):
-        result = self.parts[0].allowed(i, j, length)
-        for part in self.parts[1:]:
-            result = result & part.allowed(i, j, length)
-        return result
-
-    def coverage(self, q_first, q_last, k_first, k_last, length):
-        result = self.parts[0].coverage(q_first, q_last, k_first, k_last, length)
-        for part in self.parts[1:]:
-            result = torch.minimum(result, part.coverage(q_first, q_last, k_first, k_last, length))
-        return result
+    combine = staticmethod(operator.and_)
+    strongest = staticmethod(torch.minimum)
+    causal_when = staticmethod(any)
 
 
 def coverage_table(part: MaskPart, length: int, block: int, device: torch.device | str = "cpu") -> torch.Tensor:
