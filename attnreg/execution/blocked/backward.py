@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from attnreg.execution import host
-from attnreg.execution.blocked.chunks import additive_mask, chunk_blocks, key_blocks, pieces, products
+from attnreg.execution.blocked.chunks import additive_mask, chunk_blocks, key_blocks, pieces, products, select
 from attnreg.execution.dropout import unpack_bits
 
 
@@ -213,12 +213,8 @@ def _add_bias(dbias: torch.Tensor, ds: torch.Tensor, part: slice) -> None:
 def _pick(x: torch.Tensor | None, example: int, head: int, keep_dims: bool = False) -> torch.Tensor | None:
     """One example's and head's ``(blocks|1, queries|1, keys)`` view of a 5-D tensor broadcast over both (with
     ``keep_dims``, still 5-D: ``(1, 1, blocks|1, queries|1, keys)``)."""
-    if x is None:
-        return None
-    example, head = (example if x.shape[0] > 1 else 0), (head if x.shape[1] > 1 else 0)
-    if keep_dims:
-        return x[example : example + 1, head : head + 1]
-    return x[example, head]
+    picked = select(x, slice(example, example + 1), slice(head, head + 1))
+    return picked if picked is None or keep_dims else picked[0, 0]
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,16 @@ def additive_mask(bias: torch.Tensor | None, valid: torch.Tensor | None, blocks:
     return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
 
+def select(x: torch.Tensor | None, examples: slice, heads: slice | None = None) -> torch.Tensor | None:
+    """``x``'s entries for ``examples`` (dimension 0) and ``heads`` (dimension 1); a size-1 dimension is broadcast."""
+    if x is None:
+        return None
+    x = x[examples] if x.shape[0] > 1 else x
+    if heads is not None and x.shape[1] > 1:
+        x = x[:, heads]
+    return x
+
+
 def pieces(blocks: int, masked: tuple[bool, ...] | None, chunk: int, whole_unmasked: bool) -> list[tuple[slice, bool]]:
     """The block ranges one pass works on, each with whether it needs the key-validity mask.
 

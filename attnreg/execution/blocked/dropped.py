@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from attnreg.execution import host
-from attnreg.execution.blocked.chunks import additive_mask, cap, chunk_blocks, key_blocks, pieces, products
+from attnreg.execution.blocked.chunks import additive_mask, cap, chunk_blocks, key_blocks, pieces, products, select
 from attnreg.execution.dropout import AttentionDropout, draw_keep, pack_bits, packed_size
 
 
@@ -59,16 +59,6 @@ class BlockDropout:
         index = (rows.unsqueeze(-1) * keys + cols).expand(shape[0], *shape[2:])
         index = index.reshape(shape[0], 1, -1).expand(shape[0], shape[1], -1)
         return given.flatten(2).gather(2, index).view(shape)
-
-
-def select(x: torch.Tensor | None, examples: slice, heads: slice | None = None) -> torch.Tensor | None:
-    """``x``'s entries for ``examples`` (dimension 0) and ``heads`` (dimension 1); a size-1 dimension is broadcast."""
-    if x is None:
-        return None
-    x = x[examples] if x.shape[0] > 1 else x
-    if heads is not None and x.shape[1] > 1:
-        x = x[:, heads]
-    return x
 
 
 def units(q: torch.Tensor) -> list[tuple[slice, slice]]:
