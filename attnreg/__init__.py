@@ -26,6 +26,7 @@ from attnreg.pattern import (
     Window,
     register_part,
 )
+from attnreg.pinning import backend
 from attnreg.registry import (
     ConflictError,
     PluginError,
@@ -74,6 +75,7 @@ __all__ = [
     "Window",
     "attention",
     "attention_weights",
+    "backend",
     "build",
     "get_pattern",
     "get_registry",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from attnreg._validation import require
 from attnreg.execution.call import make_call
-from attnreg.execution.dispatch import choose
+from attnreg.execution.dispatch import choose, run
 from attnreg.execution.reference import reference_weights
 from attnreg.pattern.prepared import PreparedMask
 from attnreg.pattern.spec import Pattern
+from attnreg.pinning import pinned_backend
 from attnreg.registry import get_registry
 
 
@@ -29,7 +32,7 @@ def attention(
     dropout_p: float = 0.0,
     dropout_mask: torch.Tensor | None = None,
     document_ids: torch.Tensor | None = None,
-    backend: str | None = None,
+    backend: str | Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Attention of ``(batch, heads, length, head_dim)`` queries, keys and values under ``pattern``.
 
@@ -43,7 +46,8 @@ def attention(
     aggregated tokens; ``bias_weight`` and ``aggregated_bias_weight`` the ``(num_buckets, heads)`` tables of the
     pattern's relative-position biases. ``max_globals`` bounds the global tokens of an example: the fast engines
     then read nothing back from the device (no CUDA sync; ``torch.compile`` traces them). ``backend`` names an
-    engine; one that cannot run the call is an error that says why. Padded queries give zeros.
+    engine (or several, to choose among), as a ``with attnreg.backend(...)`` block does; one that cannot run the
+    call is an error that says why. Padded queries give zeros.
 
     ``dropout_p`` is dropout of the attention probabilities, as ``scaled_dot_product_attention``'s: inverted dropout
     on the final normalised weights over all of a query's keys, applied whenever it is > 0 (a module passes 0 in
@@ -68,7 +72,8 @@ def attention(
         dropout_mask=dropout_mask,
         document_ids=document_ids,
     )
-    return choose(call, get_registry().engines(), backend)(call)
+    engine = choose(call, get_registry().engines(), pinned_backend() if backend is None else backend)
+    return run(engine, call)
 
 
 def attention_weights(

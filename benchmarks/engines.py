@@ -26,8 +26,6 @@ from attnreg.bench.runner import BenchResult, Measurement, run_benchmark
 from attnreg.bench.table import format_table
 from attnreg.registry import get_registry
 
-QUADRATIC = {"reference", "dense-sdpa", TRANSFORMERS}
-
 
 @dataclass(frozen=True)
 class Target:
@@ -55,7 +53,8 @@ GROWTH_FROM, GROWTH_TO, GROWTH_LIMIT = 4096, 32768, 9.0
 
 def fastest(result: BenchResult, length: int) -> Measurement | None:
     """The quickest measured engine at ``length`` that is not a dense one (nor transformers)."""
-    found = [result.get(label, length) for label in result.labels() if label not in QUADRATIC]
+    quadratic = {engine.name for engine in get_registry().engines() if engine.quadratic_memory}
+    found = [result.get(label, length) for label in result.labels() if label not in {*quadratic, TRANSFORMERS}]
     found = [m for m in found if m is not None and m.seconds is not None]
     return min(found, key=lambda m: m.seconds, default=None)
 

@@ -35,14 +35,10 @@ def save_checkpoint(args: argparse.Namespace, path: Path) -> None:
     save_longformer(path, **sizes, max_length=max(args.lengths))
 
 
-def load(implementation: str, path: str, backend: str | None) -> torch.nn.Module:
+def load(implementation: str, path: str) -> torch.nn.Module:
     if implementation == "transformers":
         return transformers.LongformerModel.from_pretrained(path)
-    model = attnreg.build("longformer", pretrained=path)
-    for module in model.modules():
-        if hasattr(module, "attnreg_backend"):
-            module.attnreg_backend = backend
-    return model
+    return attnreg.build("longformer", pretrained=path)
 
 
 def peak_bytes(device: torch.device) -> int:
@@ -55,7 +51,7 @@ def run_case(args: argparse.Namespace) -> dict:
     """One implementation, length, global count and mode: median seconds and peak memory above the loaded model."""
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    model = load(args.implementation, args.checkpoint, args.backend).to(device=device, dtype=dtype).eval()
+    model = load(args.implementation, args.checkpoint).to(device=device, dtype=dtype).eval()
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(3, 50000, (args.batch, args.length), generator=generator).to(device)
     global_attention_mask = torch.zeros_like(input_ids)
@@ -63,7 +59,7 @@ def run_case(args: argparse.Namespace) -> dict:
     backward = args.mode == "forward+backward"
 
     def step() -> None:
-        with torch.set_grad_enabled(backward):
+        with torch.set_grad_enabled(backward), attnreg.backend(args.backend):
             output = model(input_ids, global_attention_mask=global_attention_mask).last_hidden_state
             if backward:
                 output.float().sum().backward()

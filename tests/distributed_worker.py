@@ -66,13 +66,9 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def make_model(name: str, backend: str | None) -> nn.Module:
+def make_model(name: str) -> nn.Module:
     torch.manual_seed(0)
-    model = MODELS[name]()
-    for module in model.modules():
-        if hasattr(module, "attnreg_backend"):
-            module.attnreg_backend = backend
-    return model
+    return MODELS[name]()
 
 
 def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,12 +116,12 @@ def largest_difference(got: dict[str, torch.Tensor], expected: dict[str, torch.T
     return max(float((got[name] - expected[name]).abs().max()) for name in expected)
 
 
-def run(name: str, wrap: str, backend: str | None, device: torch.device) -> float:
+def run(name: str, wrap: str, device: torch.device) -> float:
     rank, world = dist.get_rank(), dist.get_world_size()
     ids, real = (t.to(device) for t in global_batch())
     share = GLOBAL_BATCH // world
     local = slice(rank * share, (rank + 1) * share)
-    model = make_model(name, backend).to(device)
+    model = make_model(name).to(device)
     if wrap == "ddp":
         model = nn.parallel.DistributedDataParallel(model)
     else:
@@ -136,7 +132,7 @@ def run(name: str, wrap: str, backend: str | None, device: torch.device) -> floa
                 fully_shard(module)
         fully_shard(model)
     grads = step(model, name, ids[local], real[local])
-    reference = make_model(name, backend).to(device)
+    reference = make_model(name).to(device)
     expected = step(reference, name, ids, real)
     return largest_difference(grads, expected)
 
@@ -160,7 +156,8 @@ def main() -> None:
     for name in args.models.split(","):
         for wrap in args.wraps.split(","):
             try:
-                results[f"{name}/{wrap}"] = {"max_grad_diff": run(name, wrap, args.engine, device)}
+                with attnreg.backend(args.engine):
+                    results[f"{name}/{wrap}"] = {"max_grad_diff": run(name, wrap, device)}
             except Exception as error:  # reported to the test, which fails with it
                 results[f"{name}/{wrap}"] = {"error": f"{type(error).__name__}: {error}"}
     if dist.get_rank() == 0:

@@ -4,14 +4,14 @@ exactly dropout-free.
 
 Each surface is a tiny model whose only randomness is its attention dropout (hidden dropouts are off), so what
 differs between seeds is the attention dropout. Each test runs with the dispatcher's choice of engine and with the
-blocked engine pinned through the modules' ``attnreg_backend``.
+blocked engine pinned by ``attnreg.backend``.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -70,44 +70,30 @@ def _only_attention_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
-def _pin(model: nn.Module, backend: str | None, attention: Callable[[nn.Module], bool]) -> None:
-    """Set ``attnreg_backend`` on every module that ``attention`` picks (what the layers and the bridge read)."""
-    for module in model.modules():
-        if attention(module):
-            module.attnreg_backend = backend
-
-
-def _is_pattern_attention(module: nn.Module) -> bool:
-    return isinstance(module, PatternAttention)
-
-
-def pattern_attention(p: float, backend: str | None, request: pytest.FixtureRequest) -> Surface:
+def pattern_attention(p: float, request: pytest.FixtureRequest) -> Surface:
     torch.manual_seed(0)
     layer = PatternAttention(EMBED, HEADS, PATTERN, dropout=p)
-    _pin(layer, backend, _is_pattern_attention)
     x, padding = _hidden()
     return Surface(layer, lambda m: m(x, x, x, key_padding_mask=padding, need_weights=False)[0])
 
 
-def swapped_encoder(p: float, backend: str | None, request: pytest.FixtureRequest) -> Surface:
+def swapped_encoder(p: float, request: pytest.FixtureRequest) -> Surface:
     """An ``nn.TransformerEncoder`` built with ``dropout=p``: after the swap its attention keeps ``mha.dropout``."""
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(EMBED, HEADS, dim_feedforward=32, dropout=p, batch_first=True)
     model = _only_attention_dropout(nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False))
     attnreg.swap(model, PATTERN)
-    _pin(model, backend, _is_pattern_attention)
     x, padding = _hidden()
     return Surface(model, lambda m: m(x, src_key_padding_mask=padding))
 
 
-def built(kind: str) -> Callable[[float, str | None, pytest.FixtureRequest], Surface]:
+def built(kind: str) -> Callable[[float, pytest.FixtureRequest], Surface]:
     """A generic ``kind`` model built with ``dropout=p`` (attention dropout included, as torch's layers do)."""
 
-    def surface(p: float, backend: str | None, request: pytest.FixtureRequest) -> Surface:
+    def surface(p: float, request: pytest.FixtureRequest) -> Surface:
         torch.manual_seed(0)
         sizes = {"vocab_size": VOCAB, "d_model": EMBED, "n_layers": 1, "n_heads": HEADS, "d_ff": 32, "max_length": 16}
         model = _only_attention_dropout(attnreg.build(kind, pattern=PATTERN, dropout=p, **sizes))
-        _pin(model, backend, _is_pattern_attention)
         ids, mask = _tokens()
         decoder = {"decoder_input_ids": ids.flip(1)} if kind == "encoder-decoder" else {}
         return Surface(model, lambda m: m(ids, attention_mask=mask, **decoder).logits)
@@ -115,10 +101,10 @@ def built(kind: str) -> Callable[[float, str | None, pytest.FixtureRequest], Sur
     return surface
 
 
-def bridged(key: str) -> Callable[[float, str | None, pytest.FixtureRequest], Surface]:
+def bridged(key: str) -> Callable[[float, pytest.FixtureRequest], Surface]:
     """A tiny random ``key`` model (test_transformers_bridge's) with ``attention_probs_dropout_prob=p``, bridged."""
 
-    def surface(p: float, backend: str | None, request: pytest.FixtureRequest) -> Surface:
+    def surface(p: float, request: pytest.FixtureRequest) -> Surface:
         pytest.importorskip("transformers")
         from test_transformers_bridge import MODELS
 
@@ -129,7 +115,6 @@ def bridged(key: str) -> Callable[[float, str | None, pytest.FixtureRequest], Su
         torch.manual_seed(0)
         model = model_cls(config)
         model.set_attn_implementation(name)
-        _pin(model, backend, lambda module: type(module).__name__.endswith("SelfAttention"))
         ids, mask = _tokens()
         return Surface(model, lambda m: m(input_ids=ids, attention_mask=mask).last_hidden_state)
 
@@ -156,15 +141,19 @@ def bridge_name():
 
 
 @pytest.fixture(params=[None, "blocked"], ids=["dispatcher", "blocked"])
-def backend(request) -> str | None:
-    """The engine the attention modules are pinned to: the dispatcher's choice, or the blocked engine."""
-    return request.param
+def backend(request) -> Iterator[str | None]:
+    """The engine the test runs on: the dispatcher's choice, or the blocked engine pinned by ``attnreg.backend``."""
+    if request.param is None:
+        yield None
+        return
+    with attnreg.backend(request.param):
+        yield request.param
 
 
 @pytest.fixture(params=list(SURFACES))
 def make_surface(request, backend) -> Callable[[float], Surface]:
     """Build the surface under test with attention dropout ``p``, the same weights for every ``p``."""
-    return lambda p: SURFACES[request.param](p, backend, request)
+    return lambda p: SURFACES[request.param](p, request)
 
 
 def test_training_draws_fresh_dropout_per_seed_and_repeats_for_one(make_surface):
@@ -203,7 +192,6 @@ def test_mean_over_draws_is_the_eval_output(backend):
     draws, p = 4000, 0.5
     torch.manual_seed(0)
     layer = PatternAttention(EMBED, HEADS, PATTERN, dropout=p)
-    layer.attnreg_backend = backend
     x, _ = _hidden()
     x = x[:1]
     with torch.no_grad():

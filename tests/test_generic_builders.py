@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import attnreg
+from attnreg.execution.reference import reference_attention
 from attnreg.models.components import CAUSAL, CrossAttention
 from attnreg.nn import PatternAttention
 
@@ -108,16 +109,17 @@ def test_every_installed_pattern_builds_a_model_that_runs_forward_and_backward(b
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_every_attention_module_takes_a_backend_and_passes_it_on():
+def test_every_attention_module_runs_on_the_pinned_backend(monkeypatch):
     model = attnreg.build("encoder-decoder", pattern="third-party-everything", **SIZES)
     attentions = [m for m in model.modules() if isinstance(m, PatternAttention)]
     assert len(attentions) == 4 and {m.pattern for m in attentions} == {third_party_pattern(), CAUSAL}
-    for module in attentions:
-        assert module.attnreg_backend is None
-        module.attnreg_backend = "no-such-engine"
+    ran = []
+    engine = type(attnreg.get_registry().engine("reference"))
+    monkeypatch.setattr(engine, "__call__", lambda self, call: ran.append(call) or reference_attention(call))
     ids, mask, globals_ = batch(size=2)
-    with pytest.raises(attnreg.BackendUnavailableError, match="no-such-engine"):
+    with attnreg.backend("reference"):
         model(ids, attention_mask=mask, global_attention_mask=globals_, labels=ids)
+    assert len(ran) == 4
 
 
 def test_dropout_reaches_every_attention_as_in_torchs_transformer_layers():

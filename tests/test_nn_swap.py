@@ -242,12 +242,16 @@ def test_weights_in_training_are_the_dropped_ones_the_output_comes_from():
     assert bool((weights[allowed] == 0).any()) and bool((weights[~allowed] == 0).all())
 
 
-def test_backend_attribute_is_passed_on():
+def test_a_pinned_backend_reaches_the_layer_and_weights_are_refused_under_it(monkeypatch):
     layer = PatternAttention(EMBED, HEADS, Pattern(window=Window(1, 1)))
-    layer.attnreg_backend = "no-such-engine"
     x, _ = _inputs()
-    with pytest.raises(attnreg.BackendUnavailableError, match="no-such-engine"):
-        layer(x, x, x, need_weights=False)
+    blocked = type(attnreg.get_registry().engine("blocked"))
+    monkeypatch.setattr(blocked, "unsupported_reasons", lambda self, call: ["planted"])
+    with attnreg.backend("blocked"):
+        with pytest.raises(attnreg.BackendUnavailableError, match="backend='blocked' cannot run this call: planted"):
+            layer(x, x, x, need_weights=False)
+        with pytest.raises(attnreg.PatternError, match=r"need_weights.*inside attnreg.backend\(\('blocked',\)\)"):
+            layer(x, x, x)
 
 
 def test_include_leaves_other_modules_alone():

@@ -1,7 +1,7 @@
 """The variants a benchmark compares at one length: each engine on the pattern's layer (or bare call), and transformers.
 
-A registered layer benchmark (``attnreg_add_benchmarks``) gives an ``"attnreg"`` module, run once per engine by pinning
-``attnreg_backend`` on its submodules, and a ``"transformers"`` module on the same weights. A pattern without one is
+A registered layer benchmark (``attnreg_add_benchmarks``) gives an ``"attnreg"`` module, run once per engine inside
+``attnreg.backend(engine)``, and a ``"transformers"`` module on the same weights. A pattern without one is
 benchmarked as a bare ``attnreg.attention`` call per engine on random inputs.
 """
 
@@ -64,16 +64,6 @@ def _step(forward: Callable[[], Any], parameters: list[torch.Tensor], grad: bool
     return train
 
 
-def pin_backend(module: torch.nn.Module, backend: str | None) -> int:
-    """Set ``attnreg_backend`` on every submodule that has it; how many did."""
-    pinned = 0
-    for sub in module.modules():
-        if hasattr(sub, "attnreg_backend"):
-            sub.attnreg_backend = backend
-            pinned += 1
-    return pinned
-
-
 def _trainable(module: torch.nn.Module, kwargs: dict[str, Any]) -> list[torch.Tensor]:
     """The tensors a backward pass gives gradients to: the module's parameters and inputs that require grad."""
     return [*module.parameters(), *leaves(kwargs)]
@@ -96,14 +86,12 @@ def layer_variants(
             continue
         yield Variant(label, _step(lambda m=module, k=kwargs: m(**k), _trainable(module, kwargs), grad))
     module, kwargs = cases["attnreg"]
-    if not pin_backend(module, None):
-        raise TypeError(f"benchmark {entry.name!r}: its attnreg module has no submodule with an attnreg_backend")
     params = _trainable(module, kwargs)
     for engine in engines:
 
         def forward(engine: str = engine) -> Any:
-            pin_backend(module, engine)
-            return module(**kwargs)
+            with attnreg.backend(engine):
+                return module(**kwargs)
 
         yield Variant(engine, _step(forward, params, grad))
 

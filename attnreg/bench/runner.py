@@ -19,8 +19,6 @@ from attnreg.bench.cases import Variant, bare_variants, engine_labels, layer_var
 from attnreg.bench.measure import available_bytes, median_seconds, peak_bytes
 from attnreg.registry import get_registry
 
-#: Growth exponents assumed before two lengths are measured.
-_QUADRATIC = frozenset({"reference", "dense-sdpa"})
 #: A measurement is skipped when predicted to need more than this share of the free memory.
 _MEMORY_SHARE = 0.5
 #: A quadratic variant is not started beyond this length without a shorter measurement to predict from.
@@ -69,6 +67,12 @@ class BenchResult:
         )
 
 
+def _quadratic(label: str) -> bool:
+    """Whether the variant ``label`` is an engine declaring quadratic time and memory (``Engine.quadratic_memory``)."""
+    engine = next((engine for engine in get_registry().engines() if engine.name == label), None)
+    return engine is not None and engine.quadratic_memory
+
+
 def _predict(history: list[Measurement], label: str, length: int) -> tuple[float, float] | None:
     """Seconds and bytes at ``length`` extrapolated from the measured lengths (power law in the length)."""
     points = [m for m in history if m.seconds is not None]
@@ -82,7 +86,7 @@ def _predict(history: list[Measurement], label: str, length: int) -> tuple[float
         time_exp = min(max(math.log(last.seconds / before.seconds) / span, 1.0), 2.2)
         mem_exp = min(max(math.log(max(last.peak_bytes, 1) / max(before.peak_bytes, 1)) / span, 1.0), 2.2)
     else:
-        time_exp = mem_exp = 2.0 if label in _QUADRATIC else 1.3
+        time_exp = mem_exp = 2.0 if _quadratic(label) else 1.3  # assumed before two lengths are measured
     return last.seconds * ratio**time_exp, (last.peak_bytes or 0) * ratio**mem_exp
 
 
@@ -170,7 +174,7 @@ def _measure(
 def _skip_reason(label: str, length: int, predicted: tuple[float, float] | None, result: BenchResult) -> str | None:
     """Why not to start ``label`` at ``length``: predicted too slow or too large, or quadratic with no prediction."""
     if predicted is None:
-        if label in _QUADRATIC and length > _BLIND_QUADRATIC_LIMIT:
+        if _quadratic(label) and length > _BLIND_QUADRATIC_LIMIT:
             return f"skipped: quadratic, not started above {_BLIND_QUADRATIC_LIMIT} without a shorter run"
         return None
     seconds, memory = predicted

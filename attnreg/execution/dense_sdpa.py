@@ -82,6 +82,7 @@ class DenseSdpaEngine(Engine):
     description = "dense 4-D mask + bias into torch's scaled_dot_product_attention; O(n^2), best for short inputs"
     #: SDPA's own ``dropout_p`` (its own draws: explicit keep flags are refused).
     supports_dropout = True
+    quadratic_memory = True
 
     def unsupported_reasons(self, call: AttentionCall) -> list[str]:
         if call.pattern.softcap is not None:

@@ -23,10 +23,23 @@ class Engine(ABC):
     #: Picked automatically only when no other engine supports the call (``backend=`` still names it): the
     #: reference is the tests' ground truth, and its estimate can undercut the fast engines on tiny inputs.
     last_resort: bool = False
-    #: Whether the engine applies attention-probability dropout (``call.dropout``); the dispatcher refuses it otherwise.
+
+    # What it supports, declared as data: the dispatcher refuses a call outside it (saying why), and benchmarks and
+    # checks read it instead of lists of engine names.
+    #: The device types it runs on (``torch.device.type``); ``None``: any device.
+    devices: frozenset[str] | None = None
+    #: The input dtypes it takes; ``None``: any floating dtype.
+    dtypes: frozenset[torch.dtype] | None = None
+    #: The device types on which it computes gradients; ``None``: every device it runs on. A call with an input that
+    #: requires grad is refused elsewhere (run it under ``torch.no_grad()`` or on another engine).
+    gradient_devices: frozenset[str] | None = None
+    #: Whether it applies attention-probability dropout (``call.dropout``).
     supports_dropout: bool = False
     #: Whether it takes explicit keep flags (``call.dropout.keep``) instead of drawing its own.
     supports_dropout_mask: bool = False
+    #: Whether its time and memory grow with length² on purpose (the dense ground truth, dense SDPA): benchmarks do
+    #: not start it at long lengths, and the linear-memory check does not apply to it.
+    quadratic_memory: bool = False
 
     @abstractmethod
     def unsupported_reasons(self, call: AttentionCall) -> list[str]:

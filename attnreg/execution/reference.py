@@ -69,6 +69,7 @@ class ReferenceEngine(Engine):
     last_resort = True
     supports_dropout = True
     supports_dropout_mask = True
+    quadratic_memory = True
 
     def unsupported_reasons(self, call: AttentionCall) -> list[str]:
         return []

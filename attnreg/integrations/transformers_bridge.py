@@ -156,7 +156,7 @@ def make_attention_function(pattern: Pattern, name: str) -> Callable[..., tuple[
         if kwargs.get("output_attentions"):
             out, weights = attention_weights(query, key, value, run, **inputs)
         else:
-            out = attention(query, key, value, run, backend=getattr(module, "attnreg_backend", None), **inputs)
+            out = attention(query, key, value, run, **inputs)
             weights = None
         return out.transpose(1, 2).contiguous(), weights
 

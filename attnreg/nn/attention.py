@@ -15,6 +15,7 @@ from attnreg.functional import attention, attention_weights
 from attnreg.nn.masks import check_attn_mask, real_tokens
 from attnreg.nn.projections import project_heads
 from attnreg.pattern.spec import Pattern
+from attnreg.pinning import pinned_backend
 
 
 class PatternAttention(nn.Module):
@@ -30,8 +31,6 @@ class PatternAttention(nn.Module):
     exactly as ``dropout=0``; the weights returned in training are the dropped ones, as MHA returns them.
     """
 
-    #: Engine name passed as ``backend=`` (``None``: the dispatcher chooses).
-    attnreg_backend: str | None = None
     #: False so that ``nn.TransformerEncoderLayer``'s fused fast path, which would bypass the pattern, is not taken.
     _qkv_same_embed_dim = False
 
@@ -113,15 +112,16 @@ class PatternAttention(nn.Module):
         weights = None
         if need_weights:
             require(
-                self.attnreg_backend is None,
-                "attnreg_backend",
-                self.attnreg_backend,
-                "None with need_weights=True (the weights come from the dense reference); pass need_weights=False",
+                pinned_backend() is None,
+                "need_weights",
+                need_weights,
+                f"False inside attnreg.backend({pinned_backend()!r}): the weights come from the dense reference "
+                "engine, which the block does not allow",
             )
             out, weights = attention_weights(q, k, v, self.pattern, dropout_p=dropout_p, **inputs)
             weights = weights.mean(dim=1) if average_attn_weights else weights
         else:
-            out = attention(q, k, v, self.pattern, dropout_p=dropout_p, backend=self.attnreg_backend, **inputs)
+            out = attention(q, k, v, self.pattern, dropout_p=dropout_p, **inputs)
         out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
         return (out if self.batch_first else out.transpose(0, 1)), weights
 

@@ -89,7 +89,7 @@ def attnreg_add_benchmarks(registrar: PluginRegistrar, registry: PluginRegistrar
     device, dtype)`` returns ``{label: (module, kwargs)}`` with at least ``"attnreg"`` (the plugin's layer) and,
     where one exists, ``"transformers"`` (the same layer from transformers on the same weights); ``attnreg bench``
     times ``module(**kwargs)`` (its first tensor output, ``.sum().backward()`` with ``--grad``) side by side, and
-    runs the ``"attnreg"`` module once per engine by setting ``attnreg_backend`` on its submodules.
+    runs the ``"attnreg"`` module once per engine inside ``attnreg.backend(engine)``.
 
     :param registrar: adds this plugin's contributions, remembering that this plugin added them.
     :param registry: the same object under its old name (deprecated).

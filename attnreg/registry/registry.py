@@ -472,6 +472,10 @@ class Registry:
         """Every registered engine."""
         return list(self.engine_table.values())
 
+    def engine(self, name: str) -> Engine:
+        """The engine ``name`` (what ``backend=`` and ``attnreg.backend`` take)."""
+        return self._lookup("engine", name, self.engine_table)
+
     def part_entry(self, kind: str) -> PartEntry:
         """The registered part kind ``kind`` (its type and plugin)."""
         return self._lookup(PART_KIND, kind, self.parts)

@@ -21,10 +21,6 @@ from attnreg.testing.inputs import block_sizes, make_inputs
 from attnreg.testing.results import SKIP
 from attnreg.testing.tolerances import MEMORY_GROWTH_LIMIT
 
-#: Engines whose memory is quadratic on purpose (dense ground truth, dense SDPA for short inputs): the memory
-#: check does not apply to them. Another engine opts out by setting ``quadratic_memory = True``.
-QUADRATIC_BY_DESIGN = frozenset({"reference", "dense-sdpa"})
-
 
 class LiveBytes(TorchDispatchMode):
     """Counts the bytes of storages created while active and still alive; ``peak`` is their maximum."""
@@ -71,7 +67,7 @@ def peak_bytes(ctx: Context, length: int) -> int:
 
 def linear_memory(ctx: Context) -> tuple[str, str]:
     """The engine's peak memory at 4n is at most 4.5x that at n (more only as far as the pattern's pairs grow)."""
-    if ctx.engine.name in QUADRATIC_BY_DESIGN or getattr(ctx.engine, "quadratic_memory", False):
+    if ctx.engine.quadratic_memory:
         return SKIP, f"engine {ctx.engine.name!r} is quadratic by design (the dense ground truth)"
     short = max(256, 4 * block_sizes(ctx.pattern)[-1])
     long = 4 * short

@@ -25,8 +25,6 @@ class LongformerSelfAttention(nn.Module):
     are skipped when the encoder says no example has a global token (``is_global_attn=False``).
     """
 
-    #: The attnreg engine to use (``None``: the dispatcher picks the cheapest that supports the call).
-    attnreg_backend: str | None = None
     #: A bound on global tokens per example: with it, nothing is read back from the device (see attnreg.attention).
     attnreg_max_globals: int | None = None
 
@@ -95,7 +93,7 @@ class LongformerSelfAttention(nn.Module):
         inputs = {"global_qkv": global_qkv, "dropout_p": self.dropout if self.training else 0.0}
 
         if not output_attentions:
-            out = attnreg.attention(q, k, v, prepared, **inputs, backend=self.attnreg_backend)
+            out = attnreg.attention(q, k, v, prepared, **inputs)
             return (self._merge_heads(out),)
 
         out, weights = attnreg.attention_weights(q, k, v, prepared, **inputs)

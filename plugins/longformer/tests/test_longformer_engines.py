@@ -22,6 +22,13 @@ WINDOW = 16  # one-sided 8: several blocks at the lengths below
 MAY_REFUSE = {"xformers"}
 
 
+@pytest.fixture
+def engine(request) -> str:
+    """The engine under test, pinned by ``attnreg.backend`` for the whole test."""
+    with attnreg.backend(request.param):
+        yield request.param
+
+
 def skip_if_expected(engine: str, error: Exception) -> None:
     """Skip where the engine cannot run here by design; re-raise a refusal from an engine that must run."""
     if engine not in MAY_REFUSE:
@@ -30,7 +37,6 @@ def skip_if_expected(engine: str, error: Exception) -> None:
 
 
 def skip_unless_runs(engine: str, layer: LongformerSelfAttention, inputs: dict) -> None:
-    layer.attnreg_backend = engine
     try:
         with torch.no_grad():
             layer(**inputs)
@@ -38,7 +44,7 @@ def skip_unless_runs(engine: str, layer: LongformerSelfAttention, inputs: dict) 
         skip_if_expected(engine, error)
 
 
-def layer_pair(engine: str) -> tuple[LongformerSelfAttention, torch.nn.Module]:
+def layer_pair() -> tuple[LongformerSelfAttention, torch.nn.Module]:
     config = transformers.LongformerConfig(
         hidden_size=32, num_attention_heads=4, attention_window=[WINDOW], attention_probs_dropout_prob=0.0
     )
@@ -46,7 +52,6 @@ def layer_pair(engine: str) -> tuple[LongformerSelfAttention, torch.nn.Module]:
     theirs = modeling_longformer.LongformerSelfAttention(config, layer_id=0).eval()
     ours = LongformerSelfAttention(config, layer_id=0).eval()
     ours.load_state_dict(theirs.state_dict())
-    ours.attnreg_backend = engine
     return ours, theirs
 
 
@@ -59,10 +64,10 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
 def test_layer_outputs_and_gradients_equal_transformers(engine: str, case: str) -> None:
     lengths, globals_ = CASES[case]
-    ours, theirs = layer_pair(engine)
+    ours, theirs = layer_pair()
     inputs = layer_inputs(lengths, globals_, 80, hidden_size=32, seed=2)
     skip_unless_runs(engine, ours, _cut(inputs, 77))
     keep = ~inputs["is_index_masked"]
@@ -86,9 +91,9 @@ def _cut(inputs: dict, length: int) -> dict:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
 def test_layer_half_precision_is_finite_and_close(engine: str, dtype: torch.dtype) -> None:
-    ours, _ = layer_pair(engine)
+    ours, _ = layer_pair()
     inputs = layer_inputs([77, 53, 19], [[0, 76], [3, 4, 40], []], 80, hidden_size=32, seed=2)
     skip_unless_runs(engine, ours, inputs)
     expected = ours(**inputs)[0]
@@ -106,14 +111,11 @@ def test_layer_half_precision_is_finite_and_close(engine: str, dtype: torch.dtyp
     assert (out.float() - expected)[keep].abs().max() < 0.05
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
 def test_model_equals_transformers(checkpoint, engine: str) -> None:
     path = checkpoint("LongformerModel", attention_window=[8, 16])
     theirs = transformers.LongformerModel.from_pretrained(path).eval()
     ours = attnreg.build("longformer", pretrained=str(path)).eval()
-    for module in ours.modules():
-        if hasattr(module, "attnreg_backend"):
-            module.attnreg_backend = engine
     batch = make_batch([45, 30, 9], [[0, 44], [7, 8, 20], []])
     with torch.no_grad():
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import pytest
@@ -107,7 +108,6 @@ def test_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     """As on an accelerator (the layer reads the global count back only from the CPU, where it costs no sync)."""
     monkeypatch.setattr("attnreg.execution.host.host_readable", lambda x: False)
     ours, _ = layer_pair()
-    ours.attnreg_backend = "reference"
     inputs = layer_inputs([12, 9], [[0, 11], [3, 4]], 12)
 
     def sync(*args, **kwargs):
@@ -116,7 +116,8 @@ def test_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("item", "nonzero", "tolist", "__bool__"):
         monkeypatch.setattr(torch.Tensor, name, sync)
     monkeypatch.setattr(torch, "nonzero", sync)
-    out = ours(**inputs)[0]
+    with attnreg.backend("reference"):
+        out = ours(**inputs)[0]
     monkeypatch.undo()
     assert torch.isfinite(out).all()
 
@@ -126,9 +127,9 @@ def test_no_host_sync_on_the_blocked_engine_with_a_bound_on_global_tokens(monkey
     monkeypatch.setattr("attnreg.execution.host.host_readable", lambda x: False)
     ours, _ = layer_pair()
     inputs = layer_inputs([12, 9], [[0, 11], [3, 4]], 12)
-    ours.attnreg_backend = "reference"
-    expected = ours(**inputs)[0]
-    ours.attnreg_backend, ours.attnreg_max_globals = "blocked", 2
+    with attnreg.backend("reference"):
+        expected = ours(**inputs)[0]
+    ours.attnreg_max_globals = 2
 
     def sync(*args, **kwargs):
         raise AssertionError("host sync on the layer's path")
@@ -136,19 +137,19 @@ def test_no_host_sync_on_the_blocked_engine_with_a_bound_on_global_tokens(monkey
     for name in ("item", "nonzero", "tolist", "__bool__", "__int__"):
         monkeypatch.setattr(torch.Tensor, name, sync)
     monkeypatch.setattr(torch, "nonzero", sync)
-    out = ours(**inputs)[0]
+    with attnreg.backend("blocked"):
+        out = ours(**inputs)[0]
     monkeypatch.undo()
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_backend_attribute_is_passed_to_attnreg() -> None:
+def test_the_pinned_backend_runs_the_layer(caplog: pytest.LogCaptureFixture) -> None:
     ours, _ = layer_pair()
     inputs = layer_inputs([8], [[0]], 8)
-    ours.attnreg_backend = "no-such-engine"
-    with pytest.raises(attnreg.BackendUnavailableError, match="no-such-engine"):
-        ours(**inputs)
-    ours.attnreg_backend = "reference"
-    assert torch.isfinite(ours(**inputs)[0]).all()
+    for engine in ("reference", "blocked"):
+        with attnreg.backend(engine), caplog.at_level(logging.DEBUG, logger="attnreg"):
+            assert torch.isfinite(ours(**inputs)[0]).all()
+        assert caplog.messages[-1].startswith(f"engine {engine!r} runs q 1x"), caplog.messages
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -317,11 +318,12 @@ def test_bf16_training_with_dropout_is_finite_forward_and_backward() -> None:
 
 def test_the_pinned_blocked_engine_trains_with_dropout() -> None:
     ours, _ = layer_pair()
-    ours.train().attnreg_backend = "blocked"
+    ours.train()
     inputs = layer_inputs(*DROPOUT_INPUTS, 11)
     hidden = inputs["hidden_states"].requires_grad_()
     real = ~inputs["is_index_masked"]
-    first, other = (_seeded(ours, seed, inputs)[0] for seed in (0, 1))
+    with attnreg.backend("blocked"):
+        first, other = (_seeded(ours, seed, inputs)[0] for seed in (0, 1))
     assert not torch.allclose(first[real], other[real])
     first[real].pow(2).sum().backward()
     assert torch.isfinite(first).all() and torch.isfinite(hidden.grad).all()

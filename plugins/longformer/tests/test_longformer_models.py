@@ -177,11 +177,11 @@ def test_training_with_dropout_runs_on_the_pinned_blocked_engine(checkpoint) -> 
     for layer in ours.modules():
         if isinstance(layer, LongformerSelfAttention):
             assert layer.dropout == 0.1  # transformers' default attention_probs_dropout_prob
-            layer.attnreg_backend = "blocked"
     batch = make_batch([21, 13, 6], [[0, 20], [3, 4], []])
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     torch.manual_seed(0)
-    output = ours.train()(**batch, labels=labels)
+    with attnreg.backend("blocked"):
+        output = ours.train()(**batch, labels=labels)
     output.loss.backward()
     assert torch.isfinite(output.loss)
     assert all(torch.isfinite(p.grad).all() for p in ours.parameters() if p.grad is not None)

@@ -1,7 +1,7 @@
 """Drop-in replacements for transformers' ``LongT5LocalAttention`` and ``LongT5TransientGlobalAttention``.
 
 Same constructor, parameters, forward signature and return values; the attention itself is ``attnreg.attention``
-(the dispatcher picks the engine; ``attnreg_backend`` pins one). The ``position_bias`` a layer returns is a
+(the dispatcher picks the engine; ``with attnreg.backend(...)`` pins one). The ``position_bias`` a layer returns is a
 :class:`SharedPositionBias` holding the first layer's ``(num_buckets, heads)`` tables, so later layers reuse them
 without a tensor that grows with the sequence.
 """
@@ -74,7 +74,6 @@ def token_mask(mask: torch.Tensor | None, hidden_states: torch.Tensor, block_len
 class _AttnregLongT5Attention:
     """What both drop-in layers share: projections to heads, the shared bias, the call into attnreg."""
 
-    attnreg_backend: str | None = None
     pattern: attnreg.Pattern
 
     def _init_attnreg(self, layer_idx: int | None, pattern: attnreg.Pattern) -> None:
@@ -157,7 +156,7 @@ class _AttnregLongT5Attention:
             values = v if aggregated_kv is None else torch.cat([v, aggregated_kv[1]], dim=2)
             out = from_blocked(blocked, q.shape[2]) @ values  # the output flows through the returned weights
         else:
-            out = attnreg.attention(q, k, v, prepared, backend=self.attnreg_backend, **inputs)
+            out = attnreg.attention(q, k, v, prepared, **inputs)
         out = out.transpose(1, 2).reshape(hidden_states.shape[0], -1, self.inner_dim)
         return self.o(out), blocked
 

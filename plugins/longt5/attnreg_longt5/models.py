@@ -71,10 +71,9 @@ def builder_for(name: str) -> Callable[..., torch.nn.Module]:
         *,
         pretrained: str | None = None,
         head: str = "conditional-generation",
-        backend: str | None = None,
         **overrides: Any,
     ) -> torch.nn.Module:
-        return build_longt5(name, config, pretrained=pretrained, head=head, backend=backend, **overrides)
+        return build_longt5(name, config, pretrained=pretrained, head=head, **overrides)
 
     build.__doc__ = build_longt5.__doc__
     build.__name__ = build.__qualname__ = f"build_{name.replace('-', '_')}"
@@ -87,19 +86,18 @@ def build_longt5(
     *,
     pretrained: str | None = None,
     head: str = "conditional-generation",
-    backend: str | None = None,
     **overrides: Any,
 ) -> torch.nn.Module:
     """A transformers LongT5 model (``head``: ``"conditional-generation"`` or ``"encoder"``) on attnreg attention.
 
     ``pretrained``: a folder written by ``save_pretrained`` or a hub id, loaded with ``from_pretrained``;
     ``config``: a ``LongT5Config``, a dict applied over the base size, or ``None`` for the base size (d_model 768,
-    12 layers, 12 heads). ``overrides`` are ``LongT5Config`` fields (``dtype`` too when loading); ``backend`` pins
-    an attnreg engine. The name sets ``encoder_attention_type``; a config or checkpoint that disagrees is an error.
+    12 layers, 12 heads). ``overrides`` are ``LongT5Config`` fields (``dtype`` too when loading). The name sets
+    ``encoder_attention_type``; a config or checkpoint that disagrees is an error. ``with attnreg.backend(...)``
+    around its calls pins an attnreg engine.
     """
     require(name in ATTENTION_TYPE, "name", name, f"expected one of {sorted(ATTENTION_TYPE)}")
     require(head in HEADS, "head", head, f"expected one of {sorted(HEADS)}")
-    require(backend is None or isinstance(backend, str), "backend", backend, "expected None or an engine name")
     _check_keys("overrides", overrides)
     dtype = overrides.pop("dtype", None)
     if pretrained is not None:
@@ -120,7 +118,7 @@ def build_longt5(
         model = HEADS[head](make_config(name, config, **overrides))
         if dtype is not None:
             model = model.to(dtype)
-    return use_attnreg_attention(model, backend=backend)
+    return use_attnreg_attention(model)
 
 
 def make_config(name: str, config: LongT5Config | Mapping[str, Any] | None = None, **overrides: Any) -> LongT5Config:
@@ -149,7 +147,7 @@ def make_config(name: str, config: LongT5Config | Mapping[str, Any] | None = Non
     return LongT5Config(**merged)
 
 
-def use_attnreg_attention(model: torch.nn.Module, *, backend: str | None = None) -> torch.nn.Module:
+def use_attnreg_attention(model: torch.nn.Module) -> torch.nn.Module:
     """Put attnreg's drop-in layers in place of a transformers LongT5 model's encoder self-attention, in place.
 
     The new layers take over the old ones' submodules, so weights are shared, not copied, and keep their attention
@@ -174,7 +172,6 @@ def use_attnreg_attention(model: torch.nn.Module, *, backend: str | None = None)
             new.dropout = old.dropout
             new.train(old.training)
             setattr(block.layer[0], attribute, new)
-        getattr(block.layer[0], attribute).attnreg_backend = backend
         getattr(block.layer[0], attribute).attnreg_batch = batch
     return model
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import pytest
@@ -112,14 +113,13 @@ def test_local_layer_reads_the_blocked_mask_as_the_token_mask():
 
 
 @pytest.mark.parametrize("kind", list(PAIRS))
-def test_attention_runs_through_attnreg_with_the_pinned_backend(kind):
+def test_attention_runs_through_attnreg_with_the_pinned_backend(kind, caplog):
     _, ours = _layers(kind, first=True)
     hidden, _, given = _inputs(kind, [7])
-    ours.attnreg_backend = "reference"
-    ours(hidden, mask=given)
-    ours.attnreg_backend = "no-such-engine"
-    with pytest.raises(Exception, match="no-such-engine"):
-        ours(hidden, mask=given)
+    for engine in ("reference", "blocked"):
+        with attnreg.backend(engine), caplog.at_level(logging.DEBUG, logger="attnreg"):
+            ours(hidden, mask=given)
+        assert caplog.messages[-1].startswith(f"engine {engine!r} runs q 1x"), caplog.messages
 
 
 @pytest.mark.parametrize("kind", list(PAIRS))
@@ -248,10 +248,10 @@ def test_bf16_training_with_dropout_is_finite_forward_and_backward(kind):
 @pytest.mark.parametrize("kind", list(PAIRS))
 def test_the_pinned_blocked_engine_trains_with_dropout(kind):
     _, ours = _training(kind)
-    ours.attnreg_backend = "blocked"
     hidden, mask, given = _inputs(kind, DROPOUT_LENGTHS)
     hidden.requires_grad_()
-    first, other = (_seeded(ours, seed, hidden, mask=given)[0] for seed in (0, 1))
+    with attnreg.backend("blocked"):
+        first, other = (_seeded(ours, seed, hidden, mask=given)[0] for seed in (0, 1))
     real = mask.bool()
     assert not torch.allclose(first[real], other[real])
     first[real].pow(2).sum().backward()

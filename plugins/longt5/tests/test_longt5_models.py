@@ -22,10 +22,17 @@ ENGINES = [None, "blocked", "reference"]
 FAST_ENGINES = [None, "blocked"]
 
 
-def _pair(checkpoint, backend=None, **kwargs):
+@pytest.fixture
+def engine(request):
+    """The engine the test runs on, pinned by ``attnreg.backend`` for its whole body (None: the dispatcher's)."""
+    with attnreg.backend(request.param):
+        yield request.param
+
+
+def _pair(checkpoint, **kwargs):
     name, folder = checkpoint
     theirs = LongT5ForConditionalGeneration.from_pretrained(folder, **kwargs).eval()
-    ours = attnreg.build(name, pretrained=str(folder), backend=backend, **kwargs).eval()
+    ours = attnreg.build(name, pretrained=str(folder), **kwargs).eval()
     return theirs, ours
 
 
@@ -46,10 +53,10 @@ def test_encoder_self_attention_is_attnregs_and_weights_are_the_checkpoints(chec
     assert all(torch.equal(ours_state[key], theirs_state[key]) for key in theirs_state)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
 @pytest.mark.parametrize("lengths", BATCHES, ids=str)
 def test_logits_equal_transformers(checkpoint, lengths, engine):
-    theirs, ours = _pair(checkpoint, engine)
+    theirs, ours = _pair(checkpoint)
     ids, mask = padded_batch(lengths)
     with torch.no_grad():
         expected, got = _forward(theirs, ids, mask), _forward(ours, ids, mask)
@@ -60,9 +67,9 @@ def test_logits_equal_transformers(checkpoint, lengths, engine):
     )
 
 
-@pytest.mark.parametrize("engine", FAST_ENGINES)
+@pytest.mark.parametrize("engine", FAST_ENGINES, indirect=True)
 def test_gradients_of_every_parameter_equal_transformers(checkpoint, engine):
-    theirs, ours = _pair(checkpoint, engine)
+    theirs, ours = _pair(checkpoint)
     ids, mask = padded_batch([23, 17, 4, 1])
     _forward(theirs, ids, mask).loss.backward()
     _forward(ours, ids, mask).loss.backward()
@@ -98,9 +105,9 @@ def test_generate_gives_the_same_tokens(checkpoint, num_beams):
     torch.testing.assert_close(ours.generate(input_ids=ids, attention_mask=mask, **settings), expected)
 
 
-@pytest.mark.parametrize("engine", FAST_ENGINES)
+@pytest.mark.parametrize("engine", FAST_ENGINES, indirect=True)
 def test_bf16_forward_and_backward_with_padding_give_no_nan(checkpoint, engine):
-    _, ours = _pair(checkpoint, engine, dtype=torch.bfloat16)
+    _, ours = _pair(checkpoint, dtype=torch.bfloat16)
     ids, mask = padded_batch([23, 17, 4, 1])
     output = _forward(ours, ids, mask)
     output.loss.backward()
@@ -124,10 +131,11 @@ def test_training_drops_every_encoder_layers_attention_at_the_configs_rate(check
 
 
 def test_training_with_dropout_runs_on_the_pinned_blocked_engine(checkpoint):
-    _, ours = _pair(checkpoint, "blocked", dropout_rate=0.1)
+    _, ours = _pair(checkpoint, dropout_rate=0.1)
     ids, mask = padded_batch([23, 17, 4, 1])
     torch.manual_seed(0)
-    output = _forward(ours.train(), ids, mask)
+    with attnreg.backend("blocked"):
+        output = _forward(ours.train(), ids, mask)
     output.loss.backward()
     assert torch.isfinite(output.loss)
     assert all(torch.isfinite(p.grad).all() for p in ours.parameters() if p.grad is not None)
@@ -229,7 +237,7 @@ def test_pretrained_takes_config_overrides_or_a_whole_config(checkpoint):
 def test_the_encoder_prepares_its_masks_once_per_forward(checkpoint, training, monkeypatch):
     """Every layer attends under the same padding: the pattern is prepared by the first layer and reused by the
     others (attnreg.nn.SharedBatch), so the engines build their key masks once per forward."""
-    _, ours = _pair(checkpoint, backend="blocked")
+    _, ours = _pair(checkpoint)
     ours.train(training)
     prepared = []
     original = attnreg.Pattern.prepare
@@ -238,5 +246,6 @@ def test_the_encoder_prepares_its_masks_once_per_forward(checkpoint, training, m
     )
     ids, mask = padded_batch([17, 11])
     for _forward_pass in range(2):
-        _forward(ours, ids, mask.clone())
+        with attnreg.backend("blocked"):
+            _forward(ours, ids, mask.clone())
     assert len(prepared) == 2  # one per forward, not one per layer
