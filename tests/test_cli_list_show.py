@@ -259,8 +259,20 @@ def test_list_verbose_shows_each_patterns_parameters_under_it(listed_verbose, pa
     assert lines[row + 1] == f"      parameters: {parameters}"
 
 
+def test_list_verbose_shows_each_engines_declared_capabilities_under_it(listed_verbose):
+    lines = listed_verbose.splitlines()
+    for name, expected in [
+        ("reference", "devices: any; dtypes: any floating; gradients: yes; dropout: yes, and explicit keep flags; "
+         "memory: quadratic"),
+        ("blocked", "devices: any; dtypes: any floating; gradients: yes; dropout: yes, and explicit keep flags; "
+         "memory: linear"),
+    ]:
+        row = next(i for i, line in enumerate(lines) if line.startswith(f"  {name} "))
+        assert lines[row + 1] == f"      supports: {expected}"
+
+
 def test_list_without_verbose_shows_no_parameters(listed):
-    assert "parameters:" not in listed.stdout
+    assert "parameters:" not in listed.stdout and "supports:" not in listed.stdout
 
 
 def test_list_in_strict_mode_fails_naming_the_broken_plugin(global_registry, capsys):

@@ -37,7 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="List what the installed plugins registered, which plugins failed, and name conflicts.",
     )
     parser.add_argument(
-        "-v", "--verbose", action="store_true", help="each pattern's parameters, and full tracebacks of failed plugins"
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="each pattern's parameters, each engine's capabilities, and full tracebacks of failed plugins",
     )
     parser.set_defaults(func=run)
 
@@ -54,15 +57,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(registry: Registry, *, verbose: bool = False) -> str:
-    """The registry as text: one section per kind of contribution (patterns with their parameters when ``verbose``,
-    part kinds with their class signatures), then failed plugins, conflicts, plugins that registered nothing and
-    disabled plugins."""
+    """The registry as text: one section per kind of contribution (patterns with their parameters and engines with
+    their capabilities when ``verbose``, part kinds with their class signatures), then failed plugins, conflicts,
+    plugins that registered nothing and disabled plugins."""
     parameters = {name: parameters_text(entry) for name, entry in registry.patterns.items()} if verbose else {}
+    supports = {name: engine.capability_summary() for name, engine in registry.engine_table.items()} if verbose else {}
     sections = [
         _section("patterns", _rows(registry.patterns.values()), parameters),
         _section("parts", _part_rows(registry.parts.values())),
         _section("builders", _rows(registry.builders.values())),
-        _section("engines", _engine_rows(registry)),
+        _section("engines", _engine_rows(registry), supports, "supports"),
         _section("benchmarks", _rows(registry.benchmarks.values())),
         _failures(registry, verbose),
         _conflicts(registry),
@@ -100,8 +104,8 @@ def _engine_rows(registry: Registry) -> list[Row]:
     return rows
 
 
-def _section(title: str, rows: list[Row], parameters: dict[str, str] | None = None) -> str:
-    """One aligned row per entry, its description as plain text, and under it its ``parameters`` if given."""
+def _section(title: str, rows: list[Row], details: dict[str, str] | None = None, label: str = "parameters") -> str:
+    """One aligned row per entry, its description as plain text, and under it its ``details`` (``label: ...``)."""
     rows = sorted(rows)
     if not rows:
         return f"{title}: (none)"
@@ -110,8 +114,8 @@ def _section(title: str, rows: list[Row], parameters: dict[str, str] | None = No
     for row in rows:
         cells = [row[i].ljust(widths[i]) for i in range(3)]
         lines.append(f"  {cells[0]}  {cells[1]}  {cells[2]}  {plain_text(row[3])}".rstrip())
-        if parameters and row[0] in parameters:
-            lines.append(f"      parameters: {parameters[row[0]]}")
+        if details and row[0] in details:
+            lines.append(f"      {label}: {details[row[0]]}")
     return "\n".join(lines)
 
 

@@ -58,5 +58,20 @@ class Engine(ABC):
     def __call__(self, call: AttentionCall) -> torch.Tensor:
         """The output ``(batch, heads, length, head_dim)``; differentiable when the inputs require grad."""
 
+    def capability_summary(self) -> str:
+        """The declared capabilities in one line, for ``attnreg list --verbose`` and the docs."""
+
+        def names(values: frozenset | None, every: str) -> str:
+            return every if values is None else ", ".join(sorted(str(v).removeprefix("torch.") for v in values))
+
+        dropout = "no"
+        if self.supports_dropout:
+            dropout = "yes, and explicit keep flags" if self.supports_dropout_mask else "yes (its own draws)"
+        gradients = "no" if self.gradient_devices == frozenset() else names(self.gradient_devices, "yes")
+        return (
+            f"devices: {names(self.devices, 'any')}; dtypes: {names(self.dtypes, 'any floating')}; "
+            f"gradients: {gradients}; dropout: {dropout}; memory: {'quadratic' if self.quadratic_memory else 'linear'}"
+        )
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
