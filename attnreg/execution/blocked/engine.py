@@ -10,9 +10,10 @@ from attnreg.execution.blocked.layout import Blocks
 from attnreg.execution.blocked.merge import merge
 from attnreg.execution.blocked.selected import Slots, global_key_part, global_query_rows
 from attnreg.execution.blocked.sparse import sparse_part, uses_sparse, visited_pairs
-from attnreg.execution.blocked.window import window_part, window_reach, window_size
+from attnreg.execution.blocked.window import window_part, window_size
 from attnreg.execution.call import AttentionCall
 from attnreg.execution.engine import Engine
+from attnreg.execution.window_reach import window_reach
 
 #: Effective rate (FLOP/s) of the blocked kernels and a fixed cost per call, measured on a 2-core CPU.
 _CPU_RATE = 1e11

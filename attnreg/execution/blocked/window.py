@@ -12,13 +12,7 @@ from attnreg.execution.blocked.kernel import blocked_attention
 from attnreg.execution.blocked.layout import Blocks, cached, pad_length, table_dtype
 from attnreg.execution.blocked.merge import Part
 from attnreg.execution.call import AttentionCall
-
-
-def window_reach(call: AttentionCall) -> tuple[int, int]:
-    """How far the window reaches ``(left, right)``, unbounded sides capped at the sequence."""
-    window = call.pattern.window
-    length = call.length
-    return (length - 1, length - 1) if window is None else window.span(length)
+from attnreg.execution.window_reach import window_reach
 
 
 def _block_structure(call: AttentionCall, blocks: Blocks, left: int, size: int) -> tuple[torch.Tensor, ...]:

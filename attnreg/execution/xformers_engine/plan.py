@@ -3,7 +3,7 @@
 Why apart from the xformers calls: everything here runs on any device, so the tests check on CPU that the biases and
 masks handed to the kernels, spelled out densely by :func:`densify`, equal the reference's ``pattern.materialize``.
 
-Layout: a part runs ``groups`` query blocks of ``rows`` queries per example; query ``(g, r)`` is position
+Layout: a kernel call runs ``groups`` query blocks of ``rows`` queries per example; query ``(g, r)`` is position
 ``query_positions[g, r]`` and its keys are the columns ``key_columns[g]`` of the keys "tokens then aggregated
 tokens" (columns ``0..n-1`` are tokens, ``n + g`` aggregated token ``g``). A tensor bias is ``-inf`` outside the
 pattern; its storage is padded to 8 elements in the last dimension (xformers' alignment rule) and sliced.
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from attnreg.execution.blocked.window import window_reach
 from attnreg.execution.call import AttentionCall
+from attnreg.execution.window_reach import window_reach
 
 #: xformers reads tensor biases whose strides are multiples of 16 bytes: pad the last dimension to 8 elements.
 BIAS_ALIGNMENT = 8
@@ -44,12 +44,12 @@ class LocalMask:
 
 
 @dataclass(frozen=True)
-class Part:
+class KernelCall:
     """One call into xformers: its queries, its keys, and its bias (a tensor) or structural mask.
 
     - ``projections``: ``"tokens"`` (q/k/v) or ``"global"`` (the global rows' own projections, if the call has them);
     - ``query_positions``: ``(1 or batch, groups, rows)`` int64 positions, clamped into the sequence;
-    - ``live``: ``(batch, groups, rows)`` bool, the queries whose result this part gives (others are discarded);
+    - ``live``: ``(batch, groups, rows)`` bool, the queries whose result this call gives (others are discarded);
     - ``key_columns``: ``(1 or batch, groups, keys)`` int64 columns of the "tokens then aggregated" keys;
     - ``bias``: ``(batch * groups, heads, rows, keys)`` in the inputs' dtype, ``-inf`` outside the pattern; or ``None``;
     - ``mask``: a :class:`LocalMask` over the whole sequence (then ``groups == 1`` and ``bias`` is ``None``).
@@ -76,25 +76,43 @@ class Part:
         return self.key_columns.shape[-1]
 
     def dense_bias(self) -> torch.Tensor:
-        """The bias ``(batch * groups, heads or 1, rows, keys)`` this part applies, the mask spelled out if need be."""
+        """The bias ``(batch * groups, heads or 1, rows, keys)`` this call applies, the mask spelled out if need be."""
         if self.mask is None:
             return self.bias
         return self.mask.materialize(self.rows, self.keys, self.key_columns.device)[None, None]
 
 
 @dataclass(frozen=True)
+class KernelShape:
+    """What xformers' operators judge a :class:`KernelCall` by, known before any tensor is built: ``batch`` (examples
+    times query groups), ``queries`` and ``keys`` per example, the structural ``mask`` or else a tensor bias, and
+    whether that bias needs a gradient."""
+
+    name: str
+    batch: int
+    queries: int
+    keys: int
+    mask: LocalMask | None
+    trainable_bias: bool
+
+
+@dataclass(frozen=True)
 class Plan:
-    """The parts of one call: ``merged`` parts share the queries and are combined by log-sum-exp (one: no merge).
+    """The calls of one attention: ``tokens`` answers every non-global query over its window and extra keys.
 
     ``global_rows`` (if any) recomputes the selected global queries over every key; ``row_slots`` ``(batch, length)``
     gives each such query's row in it. ``real`` is the ``(batch, length)`` key padding; padded queries give zeros.
     """
 
-    merged: tuple[Part, ...]
-    global_rows: Part | None
+    tokens: KernelCall
+    global_rows: KernelCall | None
     row_slots: torch.Tensor | None
     global_mask: torch.Tensor
     real: torch.Tensor
+
+    @property
+    def calls(self) -> tuple[KernelCall, ...]:
+        return (self.tokens,) if self.global_rows is None else (self.tokens, self.global_rows)
 
 
 @dataclass(frozen=True)
@@ -169,19 +187,18 @@ def _selected_keys(
     return keys.restricted(valid[:, None, None, :])
 
 
-def _aligned_bias(call: AttentionCall, runs: list[_Keys], live_rows: torch.Tensor, fill_empty: bool) -> torch.Tensor:
+def _aligned_bias(call: AttentionCall, runs: list[_Keys], live_rows: torch.Tensor) -> torch.Tensor:
     """The runs' bias and mask as one ``(batch * groups, heads, rows, keys)`` tensor in 8-element-aligned storage.
 
-    With ``fill_empty`` a row that sees no key (a padded query) sees its first key, so the kernel stays finite;
-    ``live_rows`` rows are real queries, which always see something.
+    A row that sees no key (a padded query) sees its first key, so the kernel stays finite; ``live_rows`` rows are
+    real queries, which always see something.
     """
     batch, groups, rows = live_rows.shape
     allowed = torch.cat([run.allowed.expand(batch, groups, rows, -1) for run in runs], dim=-1)
-    if fill_empty:
-        empty = ~allowed.any(dim=-1, keepdim=True)
-        first = torch.zeros_like(allowed)
-        first[..., 0] = True
-        allowed = allowed | (empty & first)
+    empty = ~allowed.any(dim=-1, keepdim=True)
+    first = torch.zeros_like(allowed)
+    first[..., 0] = True
+    allowed = allowed | (empty & first)
     keys = allowed.shape[-1]
     if all(run.bias is None for run in runs):
         values = torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))[:, :, None]
@@ -201,19 +218,13 @@ def _aligned_bias(call: AttentionCall, runs: list[_Keys], live_rows: torch.Tenso
     return bias.expand(-1, call.heads, -1, -1)
 
 
-def _part(
-    call: AttentionCall,
-    name: str,
-    projections: str,
-    queries: torch.Tensor,
-    live: torch.Tensor,
-    runs: list[_Keys],
-    fill_empty: bool,
-) -> Part:
+def _kernel_call(
+    call: AttentionCall, name: str, projections: str, queries: torch.Tensor, live: torch.Tensor, runs: list[_Keys]
+) -> KernelCall:
+    """A tensor-bias call over ``runs`` side by side; a row that sees no key (a padded query) sees its first one."""
     batch = live.shape[0]
     columns = torch.cat([run.columns.expand(batch, *queries.shape[1:2], -1) for run in runs], dim=-1)
-    bias = _aligned_bias(call, runs, live, fill_empty)
-    return Part(name, projections, queries, live, columns, bias=bias)
+    return KernelCall(name, projections, queries, live, columns, bias=_aligned_bias(call, runs, live))
 
 
 def block_layout(call: AttentionCall, block: int = DEFAULT_BLOCK) -> tuple[int, int, int, int]:
@@ -230,85 +241,101 @@ def block_layout(call: AttentionCall, block: int = DEFAULT_BLOCK) -> tuple[int, 
     return rows, -(-n // rows), left, span
 
 
-def build_plan(
-    call: AttentionCall,
-    *,
-    merge: bool,
-    structural: bool,
-    block: int = DEFAULT_BLOCK,
-) -> Plan:
-    """The parts xformers runs for ``call``.
-
-    ``merge``: extra keys (selected global tokens, aggregated tokens) become their own parts, combined by
-    log-sum-exp (forward only); otherwise they are appended to each query block's keys (one call, trainable bias).
-    ``structural``: the window part uses a :class:`LocalMask` over the whole sequence instead of a tensor bias;
-    only valid without bias and padding, and with ``merge`` when there are extra keys.
-    """
+def has_extra_keys(call: AttentionCall) -> bool:
+    """Whether the token queries see keys beyond their window: selected global tokens or aggregated tokens."""
     pattern = call.pattern
-    device = call.device
-    n = call.length
-    real = (
-        torch.ones(call.batch, n, dtype=torch.bool, device=device)
-        if call.attention_mask is None
-        else call.attention_mask
-    )
-    has_globals = call.global_mask is not None and pattern.selected_globals is not None
-    global_mask = (call.global_mask if has_globals else torch.zeros_like(real)) & real
-    positions = valid = None
-    if has_globals:  # as strategy() sees it: without a global_mask the pattern is its window, whatever max_globals
-        positions, valid = pattern.selected_globals.slots(global_mask, call.global_slots(global_mask.sum(dim=-1)))
-        if positions.shape[1] == 0:
-            positions = valid = None
+    selected = call.global_mask is not None and pattern.selected_globals is not None
+    return selected or (pattern.aggregated_globals is not None and call.count > 0)
 
-    extras_queries: list[tuple[str, Callable[[torch.Tensor], _Keys]]] = []
+
+def _real(call: AttentionCall) -> torch.Tensor:
+    """The ``(batch, length)`` real tokens (every token without an attention mask)."""
+    if call.attention_mask is None:
+        return torch.ones(call.batch, call.length, dtype=torch.bool, device=call.device)
+    return call.attention_mask
+
+
+def _global_slots(call: AttentionCall, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``(global_mask, positions, valid)``: the real selected global tokens and their slots (``None``: no slot).
+
+    Without a ``global_mask`` the pattern is its window, whatever ``max_globals`` says.
+    """
+    if call.global_mask is None or call.pattern.selected_globals is None:
+        return torch.zeros_like(real), None, None
+    global_mask = call.global_mask & real
+    positions, valid = call.pattern.selected_globals.slots(global_mask, call.global_slots(global_mask.sum(dim=-1)))
+    if positions.shape[1] == 0:
+        return global_mask, None, None
+    return global_mask, positions, valid
+
+
+def _extra_keys(
+    call: AttentionCall, real: torch.Tensor, positions: torch.Tensor | None, valid: torch.Tensor | None
+) -> list[tuple[str, Callable[[torch.Tensor], _Keys]]]:
+    """The keys beyond the window, by name, each a function of the query positions ``(1 or batch, groups, rows)``."""
+    extras: list[tuple[str, Callable[[torch.Tensor], _Keys]]] = []
     if positions is not None:
-        extras_queries.append(("selected-keys", lambda q: _selected_keys(call, real, q, positions, valid)))
-    if pattern.aggregated_globals is not None and call.count:
-        extras_queries.append(("aggregated", lambda q: _aggregated_keys(call, real, q)))
+        extras.append(("selected-keys", lambda q: _selected_keys(call, real, q, positions, valid)))
+    if call.pattern.aggregated_globals is not None and call.count:
+        extras.append(("aggregated", lambda q: _aggregated_keys(call, real, q)))
+    return extras
 
-    real_rows = (real & ~global_mask)[:, None]  # the queries of the token layout that the parts answer
-    if structural:
-        left, right = pattern.window.span(n)
-        queries = torch.arange(n, device=device)[None, None]
-        live = real_rows
-        window_part = Part("window", "tokens", queries, live, queries, mask=LocalMask(left, right))
-        runs_for_window: list[_Keys] = []
+
+def _structural_window(call: AttentionCall, live: torch.Tensor) -> KernelCall:
+    """The window as one :class:`LocalMask` over the whole sequence: no bias tensor at all."""
+    left, right = call.pattern.window.span(call.length)
+    queries = torch.arange(call.length, device=call.device)[None, None]
+    return KernelCall("window", "tokens", queries, live, queries, mask=LocalMask(left, right))
+
+
+def _blocked_tokens(
+    call: AttentionCall,
+    real: torch.Tensor,
+    global_mask: torch.Tensor,
+    extras: list[tuple[str, Callable[[torch.Tensor], _Keys]]],
+    block: int,
+) -> KernelCall:
+    """Query blocks against their window's keys followed by the extra keys, one tensor bias over them all."""
+    n, device = call.length, call.device
+    rows, groups, left, span = block_layout(call, block)
+    starts = torch.arange(groups, device=device)[:, None] * rows
+    raw = starts + torch.arange(rows, device=device)
+    queries = raw.clamp(max=n - 1)[None]
+    keys = (starts - left + torch.arange(span, device=device))[None]
+    window = call.pattern.window
+    sees = window.contains if window is not None else (lambda rel: torch.ones_like(rel, dtype=torch.bool))
+    real_queries = (raw < n)[None] & _take(real, queries)
+    live = real_queries & ~_take(global_mask, queries)
+    runs = [_token_keys(call, real, raw[None], keys, sees).restricted(real_queries[..., None])]
+    runs.extend(make(queries).restricted(live[..., None]) for _, make in extras)
+    return _kernel_call(call, "window+extras" if extras else "window", "tokens", queries, live, runs)
+
+
+def build_plan(call: AttentionCall, *, structural: bool, block: int = DEFAULT_BLOCK) -> Plan:
+    """The calls xformers runs for ``call``.
+
+    ``structural``: the window is a :class:`LocalMask` over the whole sequence instead of a tensor bias; only for a
+    call without bias, padding or extra keys (:func:`has_extra_keys`). Otherwise each query block's keys are its
+    window followed by the extra keys, one call with a tensor bias (partial attention has no operator for it).
+    """
+    real = _real(call)
+    global_mask, positions, valid = _global_slots(call, real)
+    extras = _extra_keys(call, real, positions, valid)
+    if not structural:
+        tokens = _blocked_tokens(call, real, global_mask, extras, block)
+    elif extras or call.pattern.window is None or call.pattern.bias is not None:
+        raise ValueError("structural=True needs a window without bias or extra keys (global or aggregated tokens)")
     else:
-        rows, groups, left, span = block_layout(call, block)
-        starts = torch.arange(groups, device=device)[:, None] * rows
-        raw = starts + torch.arange(rows, device=device)
-        queries = raw.clamp(max=n - 1)[None]
-        keys = (starts - left + torch.arange(span, device=device))[None]
-        sees = pattern.window.contains if pattern.window is not None else (lambda rel: torch.ones_like(rel, dtype=bool))
-        real_queries = (raw < n)[None] & _take(real, queries)
-        live = real_queries & ~_take(global_mask, queries)
-        runs_for_window = [_token_keys(call, real, raw[None], keys, sees).restricted(real_queries[..., None])]
-        window_part = None
-
-    merged: list[Part] = []
-    if merge or not extras_queries:
-        if window_part is None:
-            window_part = _part(call, "window", "tokens", queries, live, runs_for_window, fill_empty=True)
-        merged.append(window_part)
-        everyone = torch.arange(n, device=device)[None, None]
-        for name, make in extras_queries:
-            run = make(everyone).restricted(real_rows[..., None])
-            merged.append(_part(call, name, "tokens", everyone, real_rows, [run], fill_empty=False))
-    else:
-        runs = list(runs_for_window)
-        for _, make in extras_queries:
-            runs.append(make(queries).restricted(live[..., None]))
-        merged.append(_part(call, "window+extras", "tokens", queries, live, runs, fill_empty=True))
-
+        tokens = _structural_window(call, (real & ~global_mask)[:, None])
     global_rows = row_slots = None
     if positions is not None:
-        global_rows, row_slots = _global_rows_part(call, real, global_mask, positions, valid)
-    return Plan(tuple(merged), global_rows, row_slots, global_mask, real)
+        global_rows, row_slots = _global_rows_call(call, real, global_mask, positions, valid)
+    return Plan(tokens, global_rows, row_slots, global_mask, real)
 
 
-def _global_rows_part(
+def _global_rows_call(
     call: AttentionCall, real: torch.Tensor, global_mask: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor
-) -> tuple[Part, torch.Tensor]:
+) -> tuple[KernelCall, torch.Tensor]:
     """The selected global queries over every real token (and the aggregated keys): one row per global token."""
     queries = positions[:, None, :]
     every = torch.arange(call.length, device=real.device)[None, None]
@@ -318,29 +345,49 @@ def _global_rows_part(
     live = valid[:, None, :]
     runs = [run.restricted(live[..., None]) for run in runs]
     projections = "global" if call.has_global_projections else "tokens"
-    part = _part(call, "global-rows", projections, queries, live, runs, fill_empty=True)
     slots = (torch.cumsum(global_mask.long(), dim=-1) - 1).clamp(min=0)
-    return part, slots
+    return _kernel_call(call, "global-rows", projections, queries, live, runs), slots
+
+
+def kernel_shapes(call: AttentionCall, *, structural: bool, block: int = DEFAULT_BLOCK) -> list[KernelShape]:
+    """The :class:`KernelShape` of each call :func:`build_plan` would make, without reading any tensor.
+
+    Selected global keys are left out of the key counts (counting them reads the device); no operator's verdict on a
+    tensor bias depends on the number of keys.
+    """
+    n, count = call.length, call.count
+    trainable = torch.is_grad_enabled() and any(
+        weight is not None and weight.requires_grad for weight in (call.bias_weight, call.aggregated_bias_weight)
+    )
+    if structural:
+        shapes = [KernelShape("window", call.batch, n, n, LocalMask(*call.pattern.window.span(n)), False)]
+    else:
+        rows, groups, _, span = block_layout(call, block)
+        name = "window+extras" if has_extra_keys(call) else "window"
+        shapes = [KernelShape(name, call.batch * groups, rows, span + count, None, trainable)]
+    if call.global_mask is not None and call.pattern.selected_globals is not None:
+        slots = max(1, min(call.max_globals or 1, n))
+        shapes.append(KernelShape("global-rows", call.batch, slots, n + count, None, trainable))
+    return shapes
 
 
 def densify(plan: Plan, count: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The plan spelled out densely: ``(batch, heads, length, length + count)`` bias and how many parts cover each pair.
+    """The plan spelled out densely: ``(batch, heads, length, length + count)`` bias and how many calls cover each pair.
 
     A pair is seen where the bias is finite; the count shows a key counted twice. Only live rows are written: every
-    real query's pattern is the union of what its parts give it (global rows from the global-rows part).
+    real query's pattern is the union of what its calls give it (global rows from the global-rows call).
     """
     batch, length = plan.real.shape
-    parts = list(plan.merged) + ([plan.global_rows] if plan.global_rows is not None else [])
-    heads = max(part.dense_bias().shape[1] for part in parts)
+    heads = max(kernel.dense_bias().shape[1] for kernel in plan.calls)
     total = torch.zeros(batch, heads, length, length + count)
     covered = torch.zeros(batch, heads, length, length + count, dtype=torch.long)
-    for part in parts:
-        values = part.dense_bias().float().expand(batch * part.groups, heads, part.rows, part.keys)
-        values = values.reshape(batch, part.groups, heads, part.rows, part.keys).permute(0, 2, 1, 3, 4)
-        seen = torch.isfinite(values) & part.live[:, None, :, :, None]
+    for kernel in plan.calls:
+        values = kernel.dense_bias().float().expand(batch * kernel.groups, heads, kernel.rows, kernel.keys)
+        values = values.reshape(batch, kernel.groups, heads, kernel.rows, kernel.keys).permute(0, 2, 1, 3, 4)
+        seen = torch.isfinite(values) & kernel.live[:, None, :, :, None]
         b, h, g, r, s = seen.nonzero(as_tuple=True)
-        queries = part.query_positions.expand(batch, -1, -1)[b, g, r]
-        keys = part.key_columns.expand(batch, -1, -1)[b, g, s]
+        queries = kernel.query_positions.expand(batch, -1, -1)[b, g, r]
+        keys = kernel.key_columns.expand(batch, -1, -1)[b, g, s]
         total.index_put_((b, h, queries, keys), values[b, h, g, r, s], accumulate=True)
         covered.index_put_((b, h, queries, keys), torch.ones_like(b), accumulate=True)
     return total.masked_fill(covered == 0, float("-inf")), covered
