@@ -48,9 +48,14 @@ def register(name: str, pattern: Pattern | str, **pattern_params: Any) -> str:
 
 
 def register_all() -> list[str]:
-    """Register ``attnreg:<name>`` for every registered pattern whose parameters all have defaults; the names."""
+    """Register ``attnreg`` (each layer's own attention, read from the model: :mod:`attnreg.integrations.decoder`)
+    and ``attnreg:<name>`` for every registered pattern whose parameters all have defaults; the names."""
+    from attnreg.integrations import decoder
+
+    AttentionInterface.register(decoder.NAME, decoder.decoder_attention)
+    AttentionMaskInterface.register(decoder.NAME, decoder.layer_mask)
     registry = get_registry()
-    names = []
+    names = [decoder.NAME]
     for pattern_name in registry.list_patterns():
         entry = registry.pattern_entry(pattern_name)
         if any(default is inspect.Parameter.empty for default in entry.parameters().values()):
