@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from attnreg.execution.blocked import BlockedEngine
 from attnreg.execution.dense_sdpa import DenseSdpaEngine
+from attnreg.execution.flex import FlexEngine
 from attnreg.execution.reference import ReferenceEngine
 from attnreg.execution.xformers_engine import XformersEngine
 from attnreg.pattern.predicates import CORE_PART_TYPES
@@ -19,6 +20,7 @@ def attnreg_add_engines(registrar: PluginRegistrar) -> None:
     registrar.add_engine(DenseSdpaEngine())
     registrar.add_engine(XformersEngine())
     registrar.add_engine(BlockedEngine())
+    registrar.add_engine(FlexEngine())
 
 
 @hookimpl

@@ -73,10 +73,8 @@ def test_the_pin_is_released_when_the_block_raises() -> None:
 
 def test_an_engine_that_cannot_run_a_pinned_call_says_why_and_nothing_falls_back() -> None:
     q, k, v, inputs = _inputs()
-    with (
-        attnreg.backend("xformers"),
-        pytest.raises(attnreg.BackendUnavailableError, match=r"backend='xformers' cannot run this call: .*device is cpu"),
-    ):
+    refusal = r"backend='xformers' cannot run this call: .*device is cpu"
+    with attnreg.backend("xformers"), pytest.raises(attnreg.BackendUnavailableError, match=refusal):
         attnreg.attention(q, k, v, PATTERN, **inputs)
     softcapped = make_call(q, k, v, attnreg.get_pattern("causal", softcap=5.0))  # which SDPA cannot do
     refusal = r"no engine among backend=\('xformers', 'dense-sdpa'\) can run this call \(xformers: .*device is cpu"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from attnreg.execution.call import AttentionCall, make_call
+from attnreg.execution.dispatch import refusals
 from attnreg.execution.engine import Engine
 from attnreg.execution.reference import reference_attention
 from attnreg.testing.inputs import Inputs
@@ -19,7 +20,8 @@ from attnreg.testing.tolerances import Tolerance
 
 
 class Refused(Exception):
-    """The engine's ``unsupported_reasons`` turned the call down: the case is skipped, not failed."""
+    """The engine turned the call down (its declared capabilities or its own reasons, as the dispatcher asks): the
+    case is skipped, not failed."""
 
     def __init__(self, reasons: list[str]) -> None:
         super().__init__("; ".join(reasons))
@@ -45,7 +47,7 @@ def run_engine(engine: Engine, inputs: Inputs, *, grad: bool) -> Run:
     """Run ``engine`` on fresh leaf copies of ``inputs``; raise :class:`Refused` when it declines the call."""
 
     def attend(call: AttentionCall) -> torch.Tensor:
-        reasons = list(engine.unsupported_reasons(call))
+        reasons = list(refusals(engine, call))
         if reasons:
             raise Refused(reasons)
         return engine(call)

@@ -49,7 +49,7 @@ def visited_pairs(call: AttentionCall, blocks: Blocks) -> int:
     return int((_pattern_coverage(call, blocks) > EMPTY).sum()) * blocks.size * blocks.size
 
 
-def _document_coverage(documents: torch.Tensor, blocks: Blocks) -> torch.Tensor:
+def document_coverage(documents: torch.Tensor, blocks: Blocks) -> torch.Tensor:
     """``(batch, blocks, blocks)`` int8: EMPTY where two blocks' document ranges are disjoint (no pair can share a
     document), FULL where both hold one and the same document, else PARTIAL."""
     ids = pad_length(documents, 0, blocks.padded - blocks.length, value=-1).view(documents.shape[0], blocks.count, -1)
@@ -67,7 +67,7 @@ def _coverage(call: AttentionCall, blocks: Blocks) -> torch.Tensor:
     their ids can be read without a device sync; elsewhere every block they touch counts as partial), on the CPU."""
     coverage = _pattern_coverage(call, blocks)[None]
     if call.document_ids is not None and host.host_readable(call.document_ids):
-        coverage = torch.minimum(coverage, _document_coverage(call.document_ids.cpu(), blocks))
+        coverage = torch.minimum(coverage, document_coverage(call.document_ids.cpu(), blocks))
     elif call.document_ids is not None:
         coverage = torch.minimum(coverage, torch.ones_like(coverage))
     return coverage
