@@ -154,12 +154,34 @@ def flex_attention_call(call: AttentionCall) -> torch.Tensor:
     return out
 
 
+#: Non-empty blocks of a mask part at a length, as Python ints: read while torch.compile traces, where counting the
+#: coverage table would be a tensor read back (a graph break).
+_BLOCKS_VISITED: dict[tuple, int] = {}
+
+
+def _visited_blocks(call: AttentionCall) -> int:
+    """Key blocks the token call visits, over all query blocks: counted in Python for a window, from the coverage
+    table for a mask part (remembered; while tracing, before any eager call counted it, every block is assumed)."""
+    length, blocks = call.length, -(-call.length // BLOCK)
+    if call.pattern.mask is None:
+        left, right = (length, length) if call.pattern.window is None else call.pattern.window.span(length)
+        first = (max(0, q * BLOCK - left) // BLOCK for q in range(blocks))
+        last = (min(length - 1, (q + 1) * BLOCK - 1 + right) // BLOCK for q in range(blocks))
+        return sum(b - a + 1 for a, b in zip(first, last, strict=True))
+    part = token_mask(call)
+    key = (part, length)
+    if key not in _BLOCKS_VISITED:
+        if torch.compiler.is_compiling():
+            return blocks * blocks
+        _BLOCKS_VISITED[key] = int((coverage_table(part, length, BLOCK) > EMPTY).sum())
+    return _BLOCKS_VISITED[key]
+
+
 def visited_pairs(call: AttentionCall) -> int:
     """Query-key pairs flex computes: the pattern's non-empty blocks, the extra keys, the global rows (one global
     token as the typical case); from shapes alone."""
-    part, length = token_mask(call), call.length
-    coverage = cached(("flex-coverage", part, length), lambda: coverage_table(part, length, BLOCK))
-    pairs = int((coverage > EMPTY).sum()) * BLOCK * BLOCK
+    length = call.length
+    pairs = _visited_blocks(call) * BLOCK * BLOCK
     extras = call.count + (BLOCK if call.pattern.selected_globals is not None and call.global_mask is not None else 0)
     rows = BLOCK * (length + call.count) if extras > call.count else 0
     return pairs + length * extras + rows
