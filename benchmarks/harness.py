@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import re
-import subprocess
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +16,7 @@ from typing import Any
 import torch
 import transformers
 
-import attnreg
+from attnreg.bench.environment import describe, environment
 from attnreg.bench.measure import median_seconds
 
 LONGT5_SIZES: dict[str, dict[str, Any]] = {
@@ -132,53 +127,6 @@ def alternate(
     return times
 
 
-def cpu_model() -> str:
-    """The processor's name, from ``lscpu`` or ``/proc/cpuinfo`` (machines of one kind are not all the same CPU)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, timeout=10).stdout
-        found = re.search(r"^Model name:\s*(.+)$", text, re.MULTILINE)
-        if found:
-            return found.group(1).strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-        if found:
-            return found.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags() -> list[str]:
-    """The matrix-unit flags that change CPU figures most (AMX, AVX-512 bf16/VNNI) that this processor has."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    found = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
-    flags = set(found.group(1).split()) if found else set()
-    return sorted(flags & {"amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512f", "avx512_vnni", "avx_vnni"})
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Versions, threads and hardware a figure was measured with, for the ``--json`` files."""
-    found: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "attnreg": attnreg.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "cpu": cpu_model(),
-        "cpu_flags": cpu_flags(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        found["gpu"] = torch.cuda.get_device_name(device)
-    return found
-
-
 def begin(threads: int | None, device: torch.device) -> dict[str, Any]:
     """Start a benchmark run: ``threads`` (None: torch's choice), transformers quiet, the environment printed and
     returned for the report."""
@@ -196,12 +144,3 @@ def save_report(path: Path | None, report: Mapping[str, Any]) -> None:
     what it measured."""
     if path is not None:
         path.write_text(json.dumps(report, indent=2, default=str))
-
-
-def describe(env: Mapping[str, Any]) -> str:
-    """One line of ``environment()`` for the top of a printed report."""
-    text = (
-        f"torch {env['torch']}, transformers {env['transformers']}, attnreg {env['attnreg']}; "
-        f"{env['threads']} threads on {env['cpu_count']} CPUs ({env['cpu']}); device {env['device']}"
-    )
-    return text + (f" ({env['gpu']})" if "gpu" in env else "")

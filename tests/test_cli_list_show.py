@@ -9,10 +9,12 @@ from __future__ import annotations
 import inspect
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
 import attnreg
+import attnreg.render
 from attnreg.cli import main
 from attnreg.cli._params import parameter_text, plain_text
 
@@ -295,7 +297,7 @@ def test_show_draws_window_aggregated_keys_and_padding(run_attnreg, sites):
     grid = lines[lines.index("       0123456789 | 01") :]
     assert grid[1:4] == ["    0  ##......-- | AA", "    1  ###.....-- | AA", "    2  .###....-- | AA"]
     assert grid[8:11] == ["    7  ......##-- | AA", "    8p ---------- | --", "    9p ---------- | --"]
-    assert "legend: # window   G global   A aggregated   - padding   . not allowed" in lines
+    assert "legend: # Window(left=1, right=1)   A aggregated key   - padding   . not allowed" in lines
     assert "this example: 38 allowed pairs" in shown.stdout
 
 
@@ -375,6 +377,34 @@ def test_show_help_lists_the_pattern_parameters_as_kebab_case_options(capsys):
     help_text = capsys.readouterr().out
     for option in ["--local-radius LOCAL_RADIUS", "--global-block-size GLOBAL_BLOCK_SIZE", "--causal, --no-causal"]:
         assert option in help_text
+
+
+@pytest.mark.usefixtures("demo_registered")
+def test_show_help_says_what_a_none_default_builds(capsys):
+    with pytest.raises(SystemExit):
+        main(["show", "demo-clashing-options", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "With every default the pattern is Pattern(window=Window(left=3, right=0))." in help_text
+    assert "--right RIGHT default: None, left to the pattern (what it builds: see above)" in help_text
+    assert "--pattern-length LENGTH default: 3" in help_text
+
+
+@pytest.mark.usefixtures("demo_registered")
+def test_show_png_title_names_the_pattern_its_parameters_and_the_example(monkeypatch, tmp_path, capsys):
+    titles = []
+
+    def render_png(layout, path, title=""):
+        titles.append(title)
+        return Path(path)
+
+    monkeypatch.setattr(attnreg.render, "render_png", render_png)
+    argv = ["show", "demo-tglobal", "--length", "10", "--pad", "2", "--local-radius", "1", "--png", str(tmp_path)]
+    assert main(argv) == 0
+    assert titles == [
+        "demo-tglobal(local_radius=1, global_block_size=4, causal=False, scale=1.0)\n"
+        "length 10, 2 padded, global tokens none"
+    ]
+    assert capsys.readouterr().out.endswith(f"picture written to {tmp_path}\n")
 
 
 @pytest.mark.usefixtures("demo_registered")

@@ -17,6 +17,7 @@ import torch
 
 from attnreg.pattern.spec import Pattern
 from attnreg.registry import PatternEntry, get_registry
+from attnreg.validation import AttnregError
 
 _DEST_PREFIX = "pattern_param_"
 
@@ -83,10 +84,11 @@ def parse_literal(text: str) -> Any:
 def add_pattern_options(parser: argparse.ArgumentParser, name: str) -> None:
     """Add one ``--kebab-case`` option per parameter of pattern ``name`` to ``parser`` (in an argument group).
 
-    A parameter whose option the command already has (``--length``, say) becomes ``--pattern-length``.
+    A parameter whose option the command already has (``--length``, say) becomes ``--pattern-length``. The group's
+    description shows the pattern the defaults build, so a default of None (the factory decides) is not a mystery.
     """
     entry = get_registry().pattern_entry(name)
-    group = parser.add_argument_group(f"parameters of pattern {name!r}")
+    group = parser.add_argument_group(f"parameters of pattern {name!r}", _defaults_text(entry))
     for parameter, default in entry.parameters().items():
         kwargs: dict[str, Any] = {"dest": _DEST_PREFIX + parameter, "default": argparse.SUPPRESS}
         if not isinstance(default, bool):
@@ -97,12 +99,33 @@ def add_pattern_options(parser: argparse.ArgumentParser, name: str) -> None:
             kwargs.update(action=argparse.BooleanOptionalAction, help=f"default: {default}")
         elif isinstance(default, (int, float, str)):
             kwargs.update(type=type(default), help=f"default: {default!r}")
+        elif default is None:
+            kwargs.update(type=parse_literal, help="default: None, left to the pattern (what it builds: see above)")
         else:
             kwargs.update(type=parse_literal, help=f"default: {default!r}")
         option = option_name(parameter)
         if option in parser._option_string_actions:  # the command has an option of that name already
             option = "--pattern-" + option[2:]
         group.add_argument(option, **kwargs)
+
+
+def _defaults_text(entry: PatternEntry) -> str | None:
+    """What the pattern is with every default (None if it has required parameters or its defaults fail)."""
+    if inspect.Parameter.empty in entry.parameters().values():
+        return None
+    try:
+        pattern = entry.create()
+    except (AttnregError, TypeError, ValueError):
+        return None
+    return f"With every default the pattern is {pattern!r}."
+
+
+def call_text(name: str, args: argparse.Namespace) -> str:
+    """``name(parameter=value, ...)`` with every parameter the factory receives or defaults to (required ones given)."""
+    entry = get_registry().pattern_entry(name)
+    values = {key: value for key, value in entry.parameters().items() if value is not inspect.Parameter.empty}
+    values.update(pattern_params(args))
+    return f"{name}({', '.join(f'{key}={value!r}' for key, value in values.items())})"
 
 
 def pattern_params(args: argparse.Namespace) -> dict[str, Any]:

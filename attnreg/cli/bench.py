@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from attnreg._validation import PatternError, require, require_int
+from attnreg.cli._outputs import write_files
 from attnreg.cli._params import DTYPES, add_named_command, add_pattern_options, command_help, pattern_params
 from attnreg.registry import ConflictError, PluginError, UnknownNameError, get_registry
 
 USAGE = (
     "attnreg bench NAME [--lengths 512,1024,2048] [--grad] [--batch 1] [--dtype float32] [--device cpu] "
-    "[--repeats 3] [--engines a,b] [--threads N] [--plot FILE.png] [--bare] [--PATTERN-PARAMETER VALUE ...]"
+    "[--repeats 3] [--engines a,b] [--threads N] [--plot FILE.png] [--json FILE] [--csv FILE] [--bare] "
+    "[--PATTERN-PARAMETER VALUE ...]"
 )
 DEFAULT_LENGTHS = "512,1024,2048"
 
@@ -69,6 +73,8 @@ def bench_parser(name: str, *, with_pattern: bool) -> argparse.ArgumentParser:
         help="skip a variant at a length predicted to take longer than this, repeats included",
     )
     parser.add_argument("--plot", metavar="FILE", help="also draw time and memory against length, log-log, into FILE")
+    parser.add_argument("--json", metavar="FILE", help="also write the settings, environment and figures to FILE")
+    parser.add_argument("--csv", metavar="FILE", help="also write one row per figure (with the environment) to FILE")
     parser.add_argument("--bare", action="store_true", help="bench the bare attention call even if a layer exists")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -78,7 +84,10 @@ def bench_parser(name: str, *, with_pattern: bool) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark, print the table, draw the plot; 2 on a usage error, 1 if the plot cannot be drawn."""
+    """Run the benchmark, write the files asked for (plot, JSON, CSV), print the table; 2 on a usage error, 1 if a
+    file cannot be written."""
+    from attnreg.bench.environment import describe, environment
+    from attnreg.bench.export import write_csv, write_json
     from attnreg.bench.plot import plot_result
     from attnreg.bench.runner import run_benchmark
     from attnreg.bench.table import format_table
@@ -120,12 +129,15 @@ def run(args: argparse.Namespace) -> int:
     except (UnknownNameError, ConflictError, PatternError, PluginError, TypeError) as error:
         print(f"attnreg bench: error: {error}", file=sys.stderr)
         return 2
-    print(format_table(result))
+    env = environment(result.device)
+    writers: dict[str, Callable[[], Path]] = {}
     if options.plot:
-        try:
-            path = plot_result(result, options.plot)
-        except (ImportError, OSError) as error:
-            print(f"attnreg bench: error: {error}", file=sys.stderr)
-            return 1
-        print(f"plot written to {path}")
-    return 0
+        writers["plot"] = lambda: plot_result(result, options.plot)
+    if options.json:
+        writers["figures"] = lambda: write_json(result, env, options.json)
+    if options.csv:
+        writers["rows"] = lambda: write_csv(result, env, options.csv)
+    written = write_files("bench", writers)
+    print(format_table(result))
+    print(f"\nmeasured with {describe(env)}")
+    return written.report()

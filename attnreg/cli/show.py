@@ -11,7 +11,15 @@ import sys
 
 import torch
 
-from attnreg.cli._params import add_named_command, add_pattern_options, command_help, pattern_from_args, plain_text
+from attnreg.cli._outputs import write_files
+from attnreg.cli._params import (
+    add_named_command,
+    add_pattern_options,
+    call_text,
+    command_help,
+    pattern_from_args,
+    plain_text,
+)
 from attnreg.registry import ConflictError, PluginError, UnknownNameError, get_registry
 from attnreg.validation import PatternError, require, require_int
 
@@ -59,7 +67,8 @@ def _positions(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Draw the pattern; 2 on a usage error (unknown name, bad parameter), 1 if the picture cannot be drawn."""
+    """Draw the pattern (the picture first: see :mod:`attnreg.cli._outputs`); 2 on a usage error (unknown name, bad
+    parameter), 1 if the picture cannot be drawn."""
     status = command_help(args)
     if status is not None:
         return status
@@ -74,14 +83,14 @@ def run(args: argparse.Namespace) -> int:
 
     from attnreg.render import render_png, render_text
 
+    title = f"{call_text(args.name, options)}\n{_example_text(options)}"
+    writers = {"picture": lambda: render_png(layout, options.png, title=title)} if options.png else {}
+    written = write_files("show", writers)
     num_globals = len(options.globals) if pattern.selected_globals is not None else 0
     cost = pattern.cost(options.length, num_globals=num_globals)
     allowed = int(layout.allowed[0].sum())
     print(f"{args.name}: {pattern!r}")
-    print(
-        f"length {options.length}, {options.pad} padded, global tokens {list(options.globals) or 'none'}, "
-        f"{layout.count} aggregated keys"
-    )
+    print(f"{_example_text(options)}, {layout.count} aggregated keys")
     print()
     print(render_text(layout))
     print()
@@ -90,14 +99,12 @@ def run(args: argparse.Namespace) -> int:
         f"{f' ({num_globals} global tokens at the start)' if num_globals else ''}: {cost.allowed_pairs} pairs, "
         f"density {cost.density:.3f}, {cost.flops:,} FLOPs per head at head_dim 64"
     )
-    if options.png:
-        try:
-            path = render_png(layout, options.png, title=f"{args.name}: {pattern!r}")
-        except (ImportError, OSError) as error:
-            print(f"attnreg show: error: {error}", file=sys.stderr)
-            return 1
-        print(f"picture written to {path}")
-    return 0
+    return written.report()
+
+
+def _example_text(options: argparse.Namespace) -> str:
+    """``length 32, 2 padded, global tokens [0, 5]``: the example drawn."""
+    return f"length {options.length}, {options.pad} padded, global tokens {list(options.globals) or 'none'}"
 
 
 def _masks(options: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor | None]:
