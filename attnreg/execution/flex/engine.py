@@ -23,6 +23,11 @@ _FLOATS = frozenset({torch.float32, torch.bfloat16, torch.float16})
 _CPU_RATE = 6.5e10
 _CUDA_RATE = {torch.float16: 1.5e14, torch.bfloat16: 1.5e14, torch.float32: 3e13}
 _OVERHEAD_S = {"cpu": 2e-3, "cuda": 1e-4}
+#: Compiling a new shape on a CPU: seconds, counted in the estimate until that shape has run once (so the dispatcher
+#: does not start a compile for a call another engine runs now; on CUDA the compile is amortised, as with any flex use).
+_CPU_COMPILE_S = 5.0
+#: The shapes compiled in this process: ``(q shape, dtype, pattern)``.
+_COMPILED: set[tuple] = set()
 #: Backward: about 2.5 times the forward's work.
 _GRAD_FACTOR = 3.5
 #: Compiled graphs kept per compiled function: one per shape, dtype and set of parts (torch's default, 8, would fall
@@ -217,7 +222,15 @@ class FlexEngine(Engine):
         rate = _CPU_RATE if device == "cpu" else _CUDA_RATE.get(call.dtype, _CUDA_RATE[torch.float32])
         flops = 4 * call.batch * call.heads * call.head_dim * visited_pairs(call)
         factor = _GRAD_FACTOR if call.requires_grad else 1.0
-        return _OVERHEAD_S[device] + factor * flops / rate
+        compiling = device == "cpu" and not torch.compiler.is_compiling() and _shape_key(call) not in _COMPILED
+        return _OVERHEAD_S[device] + factor * flops / rate + (_CPU_COMPILE_S if compiling else 0.0)
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:
-        return flex_attention_call(call)
+        out = flex_attention_call(call)
+        _COMPILED.add(_shape_key(call))
+        return out
+
+
+def _shape_key(call: AttentionCall) -> tuple:
+    """What a compiled flex kernel is specialised on, near enough for the estimate: the shape, dtype and pattern."""
+    return (tuple(call.q.shape), call.dtype, call.pattern)
