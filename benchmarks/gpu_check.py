@@ -14,8 +14,10 @@ registered when they are not installed; xformers is used only if it loads):
 3. Timings in bfloat16 at each length: every engine on the bare attention of the anchor patterns (12 heads of 64),
    with effective TFLOP/s on the allowed pairs (4 * heads * head_dim * pairs a forward; 3.5 times that for forward +
    backward), and the registered layer benchmarks against transformers' layers and dense SDPA.
-4. The suite's CUDA-marked tests (``pytest -m cuda``), with what time is left.
-5. ``gpu-check.json`` (every figure) and ``gpu-check.md`` (the tables and the issue's targets) in ``--out``.
+4. A sliding-window Mistral with ``attn_implementation="attnreg"`` against sdpa: prefill at each length, one cached
+   decode step (``benchmarks/decoder.py``).
+5. The suite's CUDA-marked tests (``pytest -m cuda``), with what time is left.
+6. ``gpu-check.json`` (every figure) and ``gpu-check.md`` (the tables and the issue's targets) in ``--out``.
 
 Work stops at ``--budget`` seconds: what did not run is listed as skipped. Exit status: 0 every check passed; 1 a
 mismatch, NaN or error; 2 no CUDA device (the CPU parts ran, at small sizes).
@@ -298,6 +300,33 @@ def layer_timings(device: str, lengths: list[int], budget: Budget, repeats: int)
     return records
 
 
+def decoder_timings(device: str, lengths: list[int], budget: Budget) -> dict:
+    """A sliding-window Mistral (``benchmarks/decoder.py``) in bf16: prefill on attnreg against sdpa at each length, and
+    one cached decode step at the first length, with ``attn_implementation="attnreg"``."""
+    if budget.left() < 60:
+        return {"status": "skipped: out of time"}
+    import tempfile
+
+    import decoder
+
+    args = decoder.parse_args(["--lengths", ",".join(map(str, lengths)), "--context", str(lengths[0]),
+                               "--device", device, "--dtype", "bfloat16", "--eager-max", "0", "--repeats", "3"])
+    decoder.transformers_bridge.register_all()
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            model = decoder.make_model(args, Path(folder))
+        found: dict[str, Any] = {"status": "ok", "prefill": {}, "context": args.context}
+        for length in lengths:
+            found["prefill"][length] = decoder.prefill(model, length, args)
+        found["decode"] = decoder.decode(model, args)
+    except Exception as failure:
+        traceback.print_exc(limit=4)
+        return {"status": f"ERROR {type(failure).__name__}: {str(failure)[:200]}"}
+    found["table"] = decoder.table(found)
+    print("\n== decoder LLM (sliding-window Mistral, bf16) ==\n" + found["table"], flush=True)
+    return found
+
+
 def cuda_tests(budget: Budget) -> dict:
     """The suite's CUDA-marked tests (``pytest -m cuda``) in a subprocess stopped at the budget: its output's tail."""
     import os
@@ -378,6 +407,8 @@ def markdown(report: dict) -> str:
     for t in report["targets"]:
         measured = f"{t['measured']:.1f}" if isinstance(t["measured"], float) else t["measured"]
         lines.append(f"| {t['target']} | {measured} | {'yes' if t['met'] else 'no'} |")
+    decoder = report["decoder"]
+    lines += ["", f"## Decoder LLM (sliding-window Mistral, bf16): {decoder['status']}", "", decoder.get("table", "")]
     tests = report["cuda_tests"]
     lines += ["", f"## pytest -m cuda: {tests['status']}", "", "```", tests.get("tail", ""), "```"]
     lines += ["", f"{report['seconds']:.0f} s in all."]
@@ -403,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     report["correctness"] = correctness(device, dtypes, args.length if cuda else 131, budget, args.budget / 2)
     report["kernels"] = kernel_timings(device, lengths, budget, args.repeats)
     report["layers"] = layer_timings(device, lengths, budget, args.repeats)
+    report["decoder"] = decoder_timings(device, lengths if cuda else [1024], budget)
     report["targets"] = targets(report["kernels"], report["layers"], lengths)
     report["cuda_tests"] = cuda_tests(budget) if cuda else {"status": "skipped: no CUDA"}
     report["seconds"] = time.perf_counter() - start

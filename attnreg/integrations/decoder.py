@@ -20,6 +20,7 @@ from transformers.masking_utils import bidirectional_mask_function, causal_mask_
 from attnreg._validation import PatternError
 from attnreg.execution.dropout import check_dropout_p
 from attnreg.functional import attention, attention_weights
+from attnreg.pattern.parts import Window
 from attnreg.pattern.predicates import Band, KeyRange
 from attnreg.pattern.spec import Pattern
 
@@ -161,9 +162,12 @@ _KNOWN_OPTIONS = frozenset(
 
 
 def layer_pattern(mask: LayerMask, softcap: float | None, scaling: float | None) -> Pattern:
-    """The pattern of a whole-sequence call: causal or not, the window, the softcap and the model's scale."""
-    band = Band(None if mask.window is None else mask.window - 1, 0 if mask.causal else None)
-    return Pattern(mask=None if band.left is None and band.right is None else band, softcap=softcap, scale=scaling)
+    """The pattern of a whole-sequence call: causal or not, the window, the softcap and the model's scale. A window
+    part, not a mask part: the engines run it as a band (no keys gathered per query block)."""
+    left = None if mask.window is None else mask.window - 1
+    right = 0 if mask.causal else None
+    window = None if left is None and right is None else Window(left=left, right=right)
+    return Pattern(window=window, softcap=softcap, scale=scaling)
 
 
 def chunk_ids(mask: LayerMask, positions: torch.Tensor) -> torch.Tensor:
@@ -186,8 +190,9 @@ def _with_sink(
     query = torch.cat([query.new_zeros(batch, heads, 1, dim + 1), torch.cat([query, ones], dim=-1)], dim=2)
     key = torch.cat([sink_key, torch.cat([key, zeros], dim=-1)], dim=2)
     value = torch.cat([value.new_zeros(batch, heads, 1, dim + 1), torch.cat([value, zeros], dim=-1)], dim=2)
-    mask = pattern.mask if pattern.mask is not None else Band(None, None)
-    shifted = dataclasses.replace(pattern, mask=mask | KeyRange(0, 1), scale=scale)
+    window = pattern.window or Window(None, None)
+    band = Band(window.left, window.right)
+    shifted = dataclasses.replace(pattern, window=None, mask=band | KeyRange(0, 1), scale=scale)
     return shifted, query, key, value
 
 
