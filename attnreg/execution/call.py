@@ -177,6 +177,14 @@ class AttentionCall:
         return torch.is_grad_enabled() and any(t.requires_grad for t in self.tensors().values())
 
 
+def slot_count_reasons(call: AttentionCall) -> list[str]:
+    """Why an engine that lays out global slots cannot trace ``call``: without ``max_globals`` the slot count is read
+    from the data (see :meth:`AttentionCall.global_slots`)."""
+    if call.pattern.selected_globals is not None and call.global_mask is not None and call.max_globals is None:
+        return ["the number of selected global tokens is read from the data; pass max_globals= to fix it"]
+    return []
+
+
 def general_part_reasons(call: AttentionCall) -> list[str]:
     """Why an engine built for the window, global and bias parts alone cannot run ``call``: the open parts it has
     (a mask part, score terms, a softcap, document ids), each named."""

@@ -11,7 +11,7 @@ from attnreg.execution.blocked.merge import merge
 from attnreg.execution.blocked.selected import Slots, global_key_part, global_query_rows
 from attnreg.execution.blocked.sparse import sparse_part, uses_sparse, visited_pairs
 from attnreg.execution.blocked.window import window_part, window_size
-from attnreg.execution.call import AttentionCall
+from attnreg.execution.call import AttentionCall, slot_count_reasons
 from attnreg.execution.engine import Engine
 from attnreg.execution.window_reach import window_reach
 
@@ -85,9 +85,7 @@ class BlockedEngine(Engine):
 
     def untraceable_reasons(self, call: AttentionCall) -> list[str]:
         """Asked by the dispatcher under torch.compile only: without ``max_globals`` the slot count is data."""
-        if call.pattern.selected_globals is not None and call.global_mask is not None and call.max_globals is None:
-            return ["the number of selected global tokens is read from the data; pass max_globals= to fix it"]
-        return []
+        return slot_count_reasons(call)
 
     def estimated_cost(self, call: AttentionCall) -> float:
         rate = _CPU_RATE if call.device.type == "cpu" else _GPU_RATE

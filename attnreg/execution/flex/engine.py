@@ -10,7 +10,7 @@ from torch.nn.attention.flex_attention import flex_attention
 
 from attnreg.execution.blocked.layout import cached, table_dtype
 from attnreg.execution.blocked.sparse import token_mask
-from attnreg.execution.call import AttentionCall
+from attnreg.execution.call import AttentionCall, slot_count_reasons
 from attnreg.execution.engine import Engine
 from attnreg.execution.flex.layout import FlexLayout, build_layout
 from attnreg.execution.flex.mods import BLOCK, Side, score_mod
@@ -213,9 +213,7 @@ class FlexEngine(Engine):
 
     def untraceable_reasons(self, call: AttentionCall) -> list[str]:
         """Asked under torch.compile only: without ``max_globals`` the slot count is read from the data."""
-        if call.pattern.selected_globals is not None and call.global_mask is not None and call.max_globals is None:
-            return ["the number of selected global tokens is read from the data; pass max_globals= to fix it"]
-        return []
+        return slot_count_reasons(call)
 
     def estimated_cost(self, call: AttentionCall) -> float:
         device = "cuda" if call.device.type == "cuda" else "cpu"
