@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -91,7 +93,7 @@ def test_need_weights_averages_like_mha():
     x, padding = _inputs()
     torch.manual_seed(0)
     mha = nn.MultiheadAttention(EMBED, HEADS, batch_first=True).eval()
-    layer = attnreg.nn.from_multihead(mha, Pattern())
+    layer = attnreg.nn.from_multihead(mha, Pattern(), dense_weights=True)
     with torch.no_grad():
         out, weights = layer(x, x, x, key_padding_mask=padding)
         ref_out, ref_weights = mha(x, x, x, key_padding_mask=padding)
@@ -126,7 +128,7 @@ def test_causal_mask_accepted_with_causal_pattern():
 def test_selected_globals_with_own_projections_run():
     x, padding = _inputs()
     pattern = Pattern(window=Window(1, 1), selected_globals=SelectedGlobals(own_projections=True))
-    layer = PatternAttention(EMBED, HEADS, pattern).eval()
+    layer = PatternAttention(EMBED, HEADS, pattern, dense_weights=True).eval()
     global_mask = torch.zeros(BATCH, LENGTH, dtype=torch.bool)
     global_mask[0, 0] = global_mask[1, 4] = True
     with torch.no_grad():
@@ -231,7 +233,7 @@ def test_weights_in_training_are_the_dropped_ones_the_output_comes_from():
     """As MHA's: ``need_weights=True`` in training returns the weights after dropout, which the output is made of."""
     x, padding = _inputs()
     torch.manual_seed(0)
-    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window(2, 1)), dropout=0.5).train()
+    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window(2, 1)), dropout=0.5, dense_weights=True).train()
     out, weights = layer(x, x, x, key_padding_mask=padding, average_attn_weights=False)
     v = F.linear(x, layer.in_proj_weight[2 * EMBED :], layer.in_proj_bias[2 * EMBED :])
     v = v.unflatten(-1, (HEADS, EMBED // HEADS)).transpose(1, 2)
@@ -243,14 +245,15 @@ def test_weights_in_training_are_the_dropped_ones_the_output_comes_from():
 
 
 def test_a_pinned_backend_reaches_the_layer_and_weights_are_refused_under_it(monkeypatch):
-    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window(1, 1)))
+    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window(1, 1)), dense_weights=True)
     x, _ = _inputs()
     blocked = type(attnreg.get_registry().engine("blocked"))
     monkeypatch.setattr(blocked, "unsupported_reasons", lambda self, call: ["planted"])
     with attnreg.backend("blocked"):
         with pytest.raises(attnreg.BackendUnavailableError, match="backend='blocked' cannot run this call: planted"):
             layer(x, x, x, need_weights=False)
-        with pytest.raises(attnreg.PatternError, match=r"need_weights.*inside attnreg.backend\(\('blocked',\)\)"):
+        refusal = r"need_weights=True is not allowed: False inside attnreg.backend\(\('blocked',\)\): with dense"
+        with pytest.raises(attnreg.PatternError, match=refusal):
             layer(x, x, x)
 
 
@@ -316,3 +319,29 @@ def test_causal_mask_is_refused_for_a_causal_window_with_global_tokens(pattern):
     x, _ = _inputs()
     with pytest.raises(PatternError, match="is not causal"):
         attnreg.swap(model, pattern)(x, mask=mask, is_causal=True)
+
+
+def test_mhas_default_arguments_run_the_fast_engine_and_say_once_that_there_are_no_weights(caplog):
+    """MHA's default ``need_weights=True`` must not send the output to the O(length²) reference engine."""
+    mha = nn.Sequential(nn.MultiheadAttention(EMBED, HEADS, batch_first=True))
+    layer = attnreg.swap(mha, Pattern(window=Window(1, 1)))[0]
+    x, _ = _inputs()
+    warned = pytest.warns(UserWarning, match="dense_weights=True")
+    with caplog.at_level(logging.DEBUG, logger="attnreg"), warned as said:
+        out, weights = layer(x, x, x)
+        layer(x, x, x)
+    assert weights is None and len(said) == 1
+    assert all("reference" not in message for message in caplog.messages) and caplog.messages
+    expected, _ = layer(x, x, x, need_weights=False)
+    torch.testing.assert_close(out, expected)
+
+
+def test_dense_weights_is_an_opt_in_on_swap():
+    mha = nn.Sequential(nn.MultiheadAttention(EMBED, HEADS, batch_first=True))
+    model = attnreg.swap(mha, Pattern(), dense_weights=True)
+    x, _ = _inputs()
+    with torch.no_grad():
+        _, weights = model[0](x, x, x)
+    assert weights.shape == (BATCH, LENGTH, LENGTH)
+    with pytest.raises(PatternError, match="dense_weights=1 is not allowed: expected True or False"):
+        PatternAttention(EMBED, HEADS, Pattern(), dense_weights=1)

@@ -6,6 +6,8 @@ and adds the pattern's own parameters (bias tables, global projections, the aggr
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -24,8 +26,10 @@ class PatternAttention(nn.Module):
     ``forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
     average_attn_weights=True, is_causal=False, global_mask=None)`` returns ``(output, weights or None)``.
     ``key`` and ``value`` must be ``query`` itself (self-attention). ``key_padding_mask`` is PyTorch's (True = pad);
-    ``global_mask`` (True = global) marks selected global tokens. ``need_weights=True`` (MHA's default) computes
-    dense weights on the reference engine, O(length²): pass ``need_weights=False`` for the fast engines.
+    ``global_mask`` (True = global) marks selected global tokens. The output always comes from the fast engines.
+    Dense weights are an opt-in, ``dense_weights=True``: then ``need_weights=True`` (MHA's default) computes them on
+    the reference engine, O(length²) in time and memory (at 4,096 tokens about 50x slower than without). Without
+    it the weights are ``None`` (a warning says so once per module when ``need_weights=True`` is passed).
     Padded query positions give ``out_proj``'s bias (their attention output is zero), where MHA gives a value.
     ``dropout`` drops attention probabilities in training mode only, as ``nn.Dropout`` and MHA do: eval mode runs
     exactly as ``dropout=0``; the weights returned in training are the dropped ones, as MHA returns them.
@@ -43,10 +47,14 @@ class PatternAttention(nn.Module):
         bias: bool = True,
         dropout: float = 0.0,
         batch_first: bool = True,
+        dense_weights: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        require(isinstance(dense_weights, bool), "dense_weights", dense_weights, "expected True or False")
+        self.dense_weights = dense_weights
+        self._said_no_weights = False
         require_int("embed_dim", embed_dim, minimum=1)
         require_int("num_heads", num_heads, minimum=1)
         require(embed_dim % num_heads == 0, "num_heads", num_heads, f"must divide embed_dim={embed_dim}")
@@ -110,20 +118,35 @@ class PatternAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         q, k, v = self._heads(x, self.in_proj_weight, self.in_proj_bias)
         weights = None
-        if need_weights:
+        if need_weights and self.dense_weights:
+            pinned = pinned_backend()
             require(
-                pinned_backend() is None,
+                pinned is None,
                 "need_weights",
                 need_weights,
-                f"False inside attnreg.backend({pinned_backend()!r}): the weights come from the dense reference "
-                "engine, which the block does not allow",
+                f"False inside attnreg.backend({pinned!r}): with dense_weights=True the weights come from the dense "
+                f"reference engine, and the block pins {', '.join(pinned or ())}",
             )
             out, weights = attention_weights(q, k, v, self.pattern, dropout_p=dropout_p, **inputs)
             weights = weights.mean(dim=1) if average_attn_weights else weights
         else:
+            if need_weights:
+                self._say_no_weights()
             out = attention(q, k, v, self.pattern, dropout_p=dropout_p, **inputs)
         out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
         return (out if self.batch_first else out.transpose(0, 1)), weights
+
+    def _say_no_weights(self) -> None:
+        """Warn once that ``need_weights=True`` gave no weights (the fast engines have none to give)."""
+        if self._said_no_weights or torch.compiler.is_compiling():
+            return
+        self._said_no_weights = True
+        warnings.warn(
+            "PatternAttention: need_weights=True returns weights=None (the output comes from the fast engines); "
+            "build it with dense_weights=True (or attnreg.swap(..., dense_weights=True)) for the dense weights, "
+            "O(length^2), or pass need_weights=False",
+            stacklevel=4,
+        )
 
     def _check_inputs(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
         nested = isinstance(query, torch.Tensor) and query.is_nested

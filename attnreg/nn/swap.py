@@ -24,6 +24,7 @@ def swap(
     *,
     include: Callable[[str, nn.MultiheadAttention], bool] | None = None,
     dropout: float | None = None,
+    dense_weights: bool = False,
     **pattern_params: Any,
 ) -> nn.Module:
     """Replace, in place, every ``nn.MultiheadAttention`` in ``model`` by a :class:`PatternAttention`.
@@ -31,8 +32,10 @@ def swap(
     ``pattern`` is a :class:`attnreg.Pattern` or a registered name built with ``pattern_params``. ``include(name,
     module)`` picks the modules to replace (e.g. leave a decoder's cross-attention alone). Each replacement keeps its
     module's attention dropout (``mha.dropout``, applied in training mode only, on the fast engines) unless
-    ``dropout`` overrides it for all. ``nn.TransformerEncoder`` parents get ``use_nested_tensor = False``: its
-    nested-tensor fast path would bypass the pattern.
+    ``dropout`` overrides it for all. ``dense_weights=True`` makes ``need_weights=True`` (MHA's default) compute the
+    dense weights on the reference engine, O(length²); otherwise the weights are ``None`` and the output always comes
+    from the fast engines (see :class:`PatternAttention`). ``nn.TransformerEncoder`` parents get
+    ``use_nested_tensor = False``: its nested-tensor fast path would bypass the pattern.
     """
     require(isinstance(model, nn.Module), "model", type(model).__name__, "expected a torch.nn.Module")
     pattern = resolve_pattern(pattern, pattern_params)
@@ -43,7 +46,7 @@ def swap(
     ]
     require(bool(targets), "model", type(model).__name__, "expected at least one nn.MultiheadAttention to replace")
     for name, module in targets:
-        replacement = from_multihead(module, pattern, dropout=dropout, name=name)
+        replacement = from_multihead(module, pattern, dropout=dropout, dense_weights=dense_weights, name=name)
         _set_submodule(model, name, replacement)
     for module in model.modules():
         if isinstance(module, nn.TransformerEncoder):
@@ -52,7 +55,12 @@ def swap(
 
 
 def from_multihead(
-    mha: nn.MultiheadAttention, pattern: Pattern, *, dropout: float | None = None, name: str = "module"
+    mha: nn.MultiheadAttention,
+    pattern: Pattern,
+    *,
+    dropout: float | None = None,
+    dense_weights: bool = False,
+    name: str = "module",
 ) -> PatternAttention:
     """A :class:`PatternAttention` with ``mha``'s weights, device, dtype, training mode and attention dropout.
 
@@ -69,6 +77,7 @@ def from_multihead(
         bias=mha.in_proj_bias is not None,
         dropout=dropout,
         batch_first=mha.batch_first,
+        dense_weights=dense_weights,
         device=weight.device,
         dtype=weight.dtype,
     )
