@@ -11,6 +11,7 @@ import torch
 from attnreg._validation import PatternError
 from attnreg.execution.call import AttentionCall
 from attnreg.execution.engine import Engine
+from attnreg.execution.non_finite import contained, hide_padded
 
 #: Which engine ran each call, at DEBUG: ``logging.getLogger("attnreg").setLevel(logging.DEBUG)`` shows them.
 logger = logging.getLogger("attnreg.dispatch")
@@ -117,10 +118,12 @@ def describe_call(call: AttentionCall) -> str:
 
 def run(engine: Engine, call: AttentionCall) -> torch.Tensor:
     """``engine(call)``, visible from outside: logged on ``attnreg.dispatch`` at DEBUG and labelled
-    ``attnreg:<engine>`` for torch's profiler (neither while torch.compile traces: the graph has no Python to run)."""
+    ``attnreg:<engine>`` for torch's profiler (neither while torch.compile traces: the graph has no Python to run);
+    a non-finite key or value reaches only the rows that see it (:mod:`attnreg.execution.non_finite`)."""
+    call = hide_padded(call)
     if torch.compiler.is_compiling():
         return engine(call)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("engine %r runs %s", engine.name, describe_call(call))
     with torch.profiler.record_function(f"attnreg:{engine.name}"):
-        return engine(call)
+        return contained(engine, call)

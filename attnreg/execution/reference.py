@@ -50,10 +50,19 @@ def reference_weights(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
         if keep is None:
             keep = draw_keep(tuple(weights.shape), call.dropout.p, call.device)
         weights = weights * keep * call.dropout.scale
-    out = weights @ v.to(compute)
+    out = weighted_values(weights, v.to(compute))
     if rows is not None:
-        out = torch.where(rows, weights @ global_v.to(compute), out)
+        out = torch.where(rows, weighted_values(weights, global_v.to(compute)), out)
     return weights, out.to(call.dtype)
+
+
+def weighted_values(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``weights @ values``, where a non-finite value reaches only the rows that give it weight: a key a query does
+    not see (weight 0) never makes its output NaN (``0 * nan`` would); a row that sees one is NaN."""
+    finite = torch.isfinite(values).all(dim=-1)
+    out = weights @ torch.where(finite[..., None], values, torch.zeros((), dtype=values.dtype, device=values.device))
+    poisoned = ((weights != 0) & ~finite[..., None, :]).any(dim=-1, keepdim=True)
+    return out.masked_fill(poisoned, float("nan"))
 
 
 def reference_attention(call: AttentionCall) -> torch.Tensor:
