@@ -20,6 +20,7 @@ from torch import nn
 from attnreg._validation import PatternError, reject_unknown, require, require_int
 from attnreg.execution.dropout import check_dropout_p
 from attnreg.models.components import DecoderLayer, Embeddings, EncoderLayer, norm
+from attnreg.models.inputs import check_ids, check_like
 from attnreg.pattern.spec import Pattern
 from attnreg.registry import resolve_pattern
 
@@ -178,10 +179,36 @@ class PatternEncoder(GenericModel):
         global_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The final hidden states ``(batch, length, d_model)``."""
+        self.check_inputs(input_ids, attention_mask, global_attention_mask)
+        return self._encode(input_ids, attention_mask, global_attention_mask)
+
+    def _encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        global_attention_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         hidden = self.embeddings(input_ids)
         for layer in self.layers:
             hidden = layer(hidden, attention_mask, global_attention_mask)
         return self.final_norm(hidden)
+
+    def check_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        global_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[int, int]:
+        """Check the encoder's arguments as the caller gave them, before any computation; their ``(batch, length)``.
+
+        Integer ids below ``vocab_size`` (read where that costs no device sync), 1 to ``max_length`` of them, no
+        empty batch; masks of their shape.
+        """
+        shape = check_ids("input_ids", input_ids, _AXES, vocab_size=self.config.vocab_size)
+        _check_length("input_ids", shape, self.config.max_length)
+        check_like("attention_mask", attention_mask, shape, _AXES, "input_ids")
+        check_like("global_attention_mask", global_attention_mask, shape, _AXES, "input_ids")
+        return shape
 
     def forward(
         self,
@@ -190,7 +217,9 @@ class PatternEncoder(GenericModel):
         global_attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> ModelOutput:
-        hidden = self.encode(input_ids, attention_mask, global_attention_mask)
+        shape = self.check_inputs(input_ids, attention_mask, global_attention_mask)
+        check_like("labels", labels, shape, _AXES, "input_ids")
+        hidden = self._encode(input_ids, attention_mask, global_attention_mask)
         logits = self.head(hidden)
         return ModelOutput(logits=logits, loss=_loss(logits, labels), last_hidden_state=hidden)
 
@@ -224,6 +253,43 @@ class PatternEncoderDecoder(GenericModel):
         shifted = torch.cat([start, labels[:, :-1]], dim=1)
         return shifted.masked_fill(shifted == -100, self.config.pad_token_id)
 
+    def check_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        global_attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> None:
+        """Check both sides' arguments as the caller gave them, before any computation, and that their batches agree.
+
+        The encoder's as :meth:`PatternEncoder.check_inputs`; ``decoder_input_ids`` (or ``labels`` alone) likewise,
+        ``decoder_attention_mask`` and ``labels`` of their shape.
+        """
+        batch = self.encoder.check_inputs(input_ids, attention_mask, global_attention_mask)[0]
+        require(
+            decoder_input_ids is not None or labels is not None,
+            "decoder_input_ids",
+            None,
+            "pass decoder_input_ids or labels",
+        )
+        given = "decoder_input_ids" if decoder_input_ids is not None else "labels"
+        vocab_size = self.config.vocab_size if given == "decoder_input_ids" else None  # labels hold -100
+        decoder_shape = check_ids(
+            given, decoder_input_ids if given != "labels" else labels, _AXES, vocab_size=vocab_size
+        )
+        _check_length(given, decoder_shape, self.config.max_length)
+        require(
+            decoder_shape[0] == batch,
+            f"{given}.shape",
+            decoder_shape,
+            f"expected batch size {batch} first, the batch of input_ids",
+        )
+        check_like("decoder_attention_mask", decoder_attention_mask, decoder_shape, _AXES, given)
+        if given != "labels":
+            check_like("labels", labels, decoder_shape, _AXES, given)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -233,16 +299,25 @@ class PatternEncoderDecoder(GenericModel):
         decoder_attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> ModelOutput:
+        self.check_inputs(
+            input_ids, attention_mask, global_attention_mask, decoder_input_ids, decoder_attention_mask, labels
+        )
         if decoder_input_ids is None:
-            require(labels is not None, "decoder_input_ids", None, "pass decoder_input_ids or labels")
             decoder_input_ids = self.shift_right(labels)
-        memory = self.encoder.encode(input_ids, attention_mask, global_attention_mask)
+        memory = self.encoder._encode(input_ids, attention_mask, global_attention_mask)
         hidden = self.decoder_embeddings(decoder_input_ids)
         for layer in self.decoder_layers:
             hidden = layer(hidden, decoder_attention_mask, memory, attention_mask)
         hidden = self.decoder_norm(hidden)
         logits = self.head(hidden)
         return ModelOutput(logits, _loss(logits, labels), last_hidden_state=hidden, encoder_last_hidden_state=memory)
+
+
+_AXES = ("batch", "length")
+
+
+def _check_length(name: str, shape: tuple[int, int], max_length: int) -> None:
+    require(shape[1] <= max_length, f"{name}.shape[1]", shape[1], f"expected 1 to max_length={max_length} tokens")
 
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:

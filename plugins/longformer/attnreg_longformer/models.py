@@ -16,6 +16,15 @@ from transformers import LongformerConfig
 from transformers.models.longformer import modeling_longformer
 
 from attnreg import PatternError
+from attnreg.execution.host import host_readable
+from attnreg.models.inputs import (
+    check_batch,
+    check_embeddings,
+    check_forward_inputs,
+    check_ids,
+    check_like,
+    check_one_of,
+)
 from attnreg.nn import SharedBatch
 from attnreg.validation import reject_unknown, require
 from attnreg_longformer.layer import LongformerSelfAttention
@@ -113,7 +122,66 @@ def use_attnreg_attention(model: torch.nn.Module) -> torch.nn.Module:
             module.attnreg_batch = batch
     if replaced == 0 and not any(isinstance(m, LongformerSelfAttention) for m in model.modules()):
         raise PatternError(f"model={type(model).__name__} is not allowed: it has no LongformerSelfAttention layer")
+    for module in {model, getattr(model, "base_model", model)}:
+        if isinstance(module, modeling_longformer.LongformerPreTrainedModel):
+            check_forward_inputs(module, check_inputs)
     return model
+
+
+def check_inputs(model: torch.nn.Module, arguments: dict[str, Any]) -> None:
+    """Check a Longformer model's forward arguments as the caller gave them, before transformers pads them.
+
+    Exactly one of ``input_ids`` (integer ids below the vocabulary size) and ``inputs_embeds``; no size 0; every
+    mask, ``token_type_ids`` and ``position_ids`` of their shape; labels of their batch; at most as many positions
+    as ``config.max_position_embeddings`` holds. :func:`use_attnreg_attention` runs it before every forward.
+    """
+    multiple_choice = isinstance(model, transformers.LongformerForMultipleChoice)
+    axes = ("batch", "num_choices", "length") if multiple_choice else ("batch", "length")
+    ids, embeddings = arguments.get("input_ids"), arguments.get("inputs_embeds")
+    given = check_one_of(input_ids=ids, inputs_embeds=embeddings)
+    if given == "input_ids":
+        shape = check_ids(given, ids, axes, vocab_size=model.get_input_embeddings().num_embeddings)
+    else:
+        shape = check_embeddings(given, embeddings, axes, hidden_size=model.config.hidden_size)
+    for name in ("attention_mask", "global_attention_mask", "token_type_ids", "position_ids"):
+        check_like(name, arguments.get(name), shape, axes, given)
+    per_token = isinstance(model, (transformers.LongformerForMaskedLM, transformers.LongformerForTokenClassification))
+    if per_token:
+        check_like("labels", arguments.get("labels"), shape, axes, given)
+    for name in ("labels", "start_positions", "end_positions"):
+        if not per_token or name != "labels":
+            check_batch(name, arguments.get(name), shape[0], given)
+    if arguments.get("position_ids") is None:
+        _check_positions(model, ids, shape[-1])
+
+
+def _check_positions(model: torch.nn.Module, ids: torch.Tensor | None, length: int) -> None:
+    """Check that transformers' own position ids fit ``config.max_position_embeddings`` (they start after padding).
+
+    From ``input_ids`` only real tokens take positions (read where that costs no device sync); from ``inputs_embeds``
+    every token does, those transformers pads on to the window multiple included.
+    """
+    config = model.config
+    limit = config.max_position_embeddings - config.pad_token_id - 1
+    why = f"config.max_position_embeddings={config.max_position_embeddings} less config.pad_token_id + 1 = {limit}: "
+    why += "Longformer's positions start after the padding id"
+    if ids is not None:
+        if host_readable(ids):
+            count = int(ids.ne(config.pad_token_id).sum(-1).max())
+            if count > limit:
+                raise PatternError(
+                    f"input_ids has {count} tokens that are not config.pad_token_id={config.pad_token_id} in one "
+                    f"example, which is not allowed: expected at most {why}"
+                )
+        return
+    base = getattr(model, "base_model", model)
+    if "_pad_to_window_size" not in vars(base):  # skip_window_padding puts its own there
+        windows = config.attention_window
+        window = windows if isinstance(windows, int) else max(windows)
+        why += f", and transformers pads inputs_embeds to a multiple of the window {window}"
+        why += " (pad_to_window=False skips that)"
+        limit -= limit % window
+    require(length <= limit, "inputs_embeds.shape[-2]", length, f"expected at most {limit} tokens: {why}")
 
 
 def from_transformers(layer: torch.nn.Module) -> LongformerSelfAttention:

@@ -15,6 +15,14 @@ import torch
 from transformers import LongT5Config, LongT5EncoderModel, LongT5ForConditionalGeneration
 from transformers.models.longt5 import modeling_longt5
 
+from attnreg.models.inputs import (
+    check_batch,
+    check_embeddings,
+    check_forward_inputs,
+    check_ids,
+    check_like,
+    check_one_of,
+)
 from attnreg.nn import SharedBatch
 from attnreg.validation import reject_unknown, require, require_int
 from attnreg_longt5.layers import LongT5LocalAttention, LongT5TransientGlobalAttention
@@ -173,7 +181,69 @@ def use_attnreg_attention(model: torch.nn.Module) -> torch.nn.Module:
             new.train(old.training)
             setattr(block.layer[0], attribute, new)
         getattr(block.layer[0], attribute).attnreg_batch = batch
+    check_forward_inputs(encoder, check_encoder_inputs)  # also what generate() calls
+    if isinstance(model, (LongT5ForConditionalGeneration, modeling_longt5.LongT5Model)):
+        check_forward_inputs(model, check_inputs)
     return model
+
+
+_AXES = ("batch", "length")
+
+
+def check_encoder_inputs(encoder: torch.nn.Module, arguments: Mapping[str, Any]) -> tuple[int, int]:
+    """Check the encoder's arguments as the caller gave them; the ``(batch, length)`` they describe.
+
+    Exactly one of ``input_ids`` (integer ids below the vocabulary size) and ``inputs_embeds``; no size 0;
+    ``attention_mask`` of their shape. :func:`use_attnreg_attention` runs it before every forward of the encoder.
+    """
+    ids, embeddings = arguments.get("input_ids"), arguments.get("inputs_embeds")
+    given = check_one_of(input_ids=ids, inputs_embeds=embeddings)
+    if given == "input_ids":
+        shape = check_ids(given, ids, _AXES, vocab_size=encoder.get_input_embeddings().num_embeddings)
+    else:
+        shape = check_embeddings(given, embeddings, _AXES, hidden_size=encoder.config.d_model)
+    check_like("attention_mask", arguments.get("attention_mask"), shape, _AXES, given)
+    return shape
+
+
+def check_inputs(model: torch.nn.Module, arguments: Mapping[str, Any]) -> None:
+    """Check an encoder-decoder LongT5 model's arguments before its encoder runs: both sides, and that they agree.
+
+    The encoder's as :func:`check_encoder_inputs` (or ``attention_mask`` against ``encoder_outputs``); exactly one of
+    ``decoder_input_ids`` and ``decoder_inputs_embeds``, or ``labels`` alone; decoder masks and labels of their shape
+    (of their batch while a cache is passed: the mask then covers the cached tokens too); one batch size throughout.
+    """
+    encoder_outputs = arguments.get("encoder_outputs")
+    if encoder_outputs is None:
+        shape = check_encoder_inputs(model.encoder, arguments)
+        encoder_given = "input_ids" if arguments.get("input_ids") is not None else "inputs_embeds"
+    else:
+        shape, encoder_given = tuple(encoder_outputs[0].shape[:2]), "encoder_outputs[0]"
+        check_like("attention_mask", arguments.get("attention_mask"), shape, _AXES, encoder_given)
+    ids, embeddings = arguments.get("decoder_input_ids"), arguments.get("decoder_inputs_embeds")
+    labels = arguments.get("labels")
+    require(
+        ids is not None or embeddings is not None or labels is not None,
+        "decoder_input_ids",
+        None,
+        "pass decoder_input_ids, decoder_inputs_embeds or labels (the decoder then reads them shifted right)",
+    )
+    if ids is None and embeddings is None:
+        given, decoder_shape = "labels", check_ids("labels", labels, _AXES)
+    else:
+        given = check_one_of(decoder_input_ids=ids, decoder_inputs_embeds=embeddings)
+        if given == "decoder_input_ids":
+            decoder_shape = check_ids(given, ids, _AXES, vocab_size=model.decoder.get_input_embeddings().num_embeddings)
+        else:
+            decoder_shape = check_embeddings(given, embeddings, _AXES, hidden_size=model.config.d_model)
+    check_batch(given, arguments[given], shape[0], encoder_given)
+    cached = arguments.get("cache") is not None or arguments.get("past_key_values") is not None
+    for name in ("decoder_attention_mask", "labels"):
+        if name != given:
+            if cached:
+                check_batch(name, arguments.get(name), decoder_shape[0], given)
+            else:
+                check_like(name, arguments.get(name), decoder_shape, _AXES, given)
 
 
 def _check_keys(where: str, given: Mapping[str, Any]) -> None:
