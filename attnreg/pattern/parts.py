@@ -1,4 +1,7 @@
-"""The parts an attention pattern is made of: small frozen values that say *what* is allowed, never how to run it.
+"""The core parts of an attention pattern: small frozen values that say what each query sees and how it scores it.
+
+Their methods compute only what defines that meaning exactly (T5's buckets, LongT5's aggregated tokens, the global
+slots), for every engine alike; how to run the attention fast is the engines' business.
 
 One window convention everywhere: a query at position ``i`` sees key ``j`` iff ``i - left <= j <= i + right``.
 """
