@@ -4,7 +4,7 @@ from attnreg import validation
 from attnreg.execution import AttentionCall, BackendUnavailableError, Engine
 from attnreg.functional import attention, attention_weights
 from attnreg.models import build, list_builders
-from attnreg.nn import PatternAttention, swap
+from attnreg.nn import MultiheadPatternAttention, PatternAttention, swap
 from attnreg.pattern import (
     AggregatedGlobals,
     ALiBi,
@@ -60,6 +60,7 @@ __all__ = [
     "Engine",
     "KeyRange",
     "MaskPart",
+    "MultiheadPatternAttention",
     "Pattern",
     "PreparedMask",
     "PatternAttention",

@@ -55,7 +55,7 @@ def longt5_tglobal() -> nn.Module:
 
 def generic_encoder() -> nn.Module:
     """The core's generic ``encoder`` builder with a windowed pattern (no plugin needed)."""
-    sizes = {"vocab_size": 50, "d_model": 16, "n_layers": 2, "n_heads": 4, "d_ff": 32, "max_length": 32}
+    sizes = {"vocab_size": 50, "d_model": 16, "n_layers": 2, "num_heads": 4, "d_ff": 32, "max_length": 32}
     return attnreg.build("encoder", pattern=Pattern(window=Window(2, 3)), **sizes)
 
 

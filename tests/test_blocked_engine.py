@@ -16,7 +16,7 @@ from attnreg import AggregatedGlobals, Pattern, RelativePositionBias, SelectedGl
 from attnreg.execution.blocked import BlockedEngine, blocked_attention_call, kernel
 from attnreg.execution.blocked import window as window_module
 from attnreg.execution.blocked.chunks import pieces
-from attnreg.execution.blocked.layout import DEFAULT_BLOCK
+from attnreg.execution.blocked.layout import QUERY_BLOCK
 from attnreg.execution.call import make_call
 from attnreg.execution.dropout import AttentionDropout
 from attnreg.execution.reference import reference_attention
@@ -57,7 +57,7 @@ SMALL_BLOCK = 8
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks of 8 queries so short sequences cross several blocks (the code is the same at 128)."""
-    monkeypatch.setattr("attnreg.execution.blocked.layout.DEFAULT_BLOCK", SMALL_BLOCK)
+    monkeypatch.setattr("attnreg.execution.blocked.layout.QUERY_BLOCK", SMALL_BLOCK)
 
 
 def make_inputs(
@@ -144,8 +144,8 @@ def test_unfused_path_matches_reference(name: str, monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize("name", ["local-bias", "globals-own", "tglobal", "everything"])
 def test_matches_reference_fp64_at_default_block(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("attnreg.execution.blocked.layout.DEFAULT_BLOCK", DEFAULT_BLOCK)
-    compare(make_inputs(PATTERNS[name], 2 * DEFAULT_BLOCK + 3, batch=3, dtype=torch.float64), atol=1e-10, rtol=1e-10)
+    monkeypatch.setattr("attnreg.execution.blocked.layout.QUERY_BLOCK", QUERY_BLOCK)
+    compare(make_inputs(PATTERNS[name], 2 * QUERY_BLOCK + 3, batch=3, dtype=torch.float64), atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("eager_cpu", [True, False], ids=["per-head", "batched"])
@@ -231,7 +231,7 @@ class _LargestTensor(TorchDispatchMode):
 @pytest.mark.parametrize("name", ["local-bias", "globals-own", "tglobal"])
 def test_no_quadratic_tensor_on_long_input(name: str, dropout_p: float, monkeypatch: pytest.MonkeyPatch) -> None:
     """With dropout too: its keep flags are drawn per chunk and kept as bits, linear in length."""
-    monkeypatch.setattr("attnreg.execution.blocked.layout.DEFAULT_BLOCK", DEFAULT_BLOCK)
+    monkeypatch.setattr("attnreg.execution.blocked.layout.QUERY_BLOCK", QUERY_BLOCK)
     length = 4096
     pattern = PATTERNS[name]
     call = make_inputs(pattern, length, batch=1)

@@ -187,7 +187,7 @@ class _Logits(torch.nn.Module):
 
 
 def _generic(name: str, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.nn.Module, dict]:
-    sizes = {"vocab_size": 50, "d_model": 16, "n_layers": 1, "n_heads": 4, "d_ff": 32, "max_length": 32}
+    sizes = {"vocab_size": 50, "d_model": 16, "n_layers": 1, "num_heads": 4, "d_ff": 32, "max_length": 32}
     if name == "encoder-every-part":
         bias = RelativePositionBias(8, 16)
         pattern = Pattern(

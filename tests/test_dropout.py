@@ -25,7 +25,7 @@ DROP_ENGINES = ["blocked", "reference"]
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks of 8 queries so short sequences cross several blocks."""
-    monkeypatch.setattr("attnreg.execution.blocked.layout.DEFAULT_BLOCK", 8)
+    monkeypatch.setattr("attnreg.execution.blocked.layout.QUERY_BLOCK", 8)
 
 
 def _qkv(length: int = 16, batch: int = 1) -> tuple[torch.Tensor, ...]:

@@ -22,6 +22,7 @@ import attnreg
 import attnreg.functional
 from attnreg import Pattern, PatternAttention, PatternError, Window
 from attnreg.execution import dispatch
+from attnreg.nn import MultiheadPatternAttention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,7 +73,7 @@ def _only_attention_dropout(model: nn.Module) -> nn.Module:
 
 def pattern_attention(p: float, request: pytest.FixtureRequest) -> Surface:
     torch.manual_seed(0)
-    layer = PatternAttention(EMBED, HEADS, PATTERN, dropout=p)
+    layer = MultiheadPatternAttention(EMBED, HEADS, PATTERN, dropout=p)
     x, padding = _hidden()
     return Surface(layer, lambda m: m(x, x, x, key_padding_mask=padding, need_weights=False)[0])
 
@@ -92,7 +93,7 @@ def built(kind: str) -> Callable[[float, pytest.FixtureRequest], Surface]:
 
     def surface(p: float, request: pytest.FixtureRequest) -> Surface:
         torch.manual_seed(0)
-        sizes = {"vocab_size": VOCAB, "d_model": EMBED, "n_layers": 1, "n_heads": HEADS, "d_ff": 32, "max_length": 16}
+        sizes = {"vocab_size": VOCAB, "d_model": EMBED, "n_layers": 1, "num_heads": HEADS, "d_ff": 32, "max_length": 16}
         model = _only_attention_dropout(attnreg.build(kind, pattern=PATTERN, dropout=p, **sizes))
         ids, mask = _tokens()
         decoder = {"decoder_input_ids": ids.flip(1)} if kind == "encoder-decoder" else {}
@@ -191,7 +192,7 @@ def test_mean_over_draws_is_the_eval_output(backend):
     """
     draws, p = 4000, 0.5
     torch.manual_seed(0)
-    layer = PatternAttention(EMBED, HEADS, PATTERN, dropout=p)
+    layer = MultiheadPatternAttention(EMBED, HEADS, PATTERN, dropout=p)
     x, _ = _hidden()
     x = x[:1]
     with torch.no_grad():
@@ -222,7 +223,7 @@ def test_training_stays_on_the_engine_eval_uses(chosen):
     """At a length where the dispatcher picks the blocked engine, dropout does not send the call to a dense one."""
     length = 1024
     torch.manual_seed(0)
-    layer = PatternAttention(EMBED, HEADS, PATTERN, dropout=P)
+    layer = MultiheadPatternAttention(EMBED, HEADS, PATTERN, dropout=P)
     x = torch.randn(1, length, EMBED)
     with torch.no_grad():
         layer.eval()(x, x, x, need_weights=False)
@@ -240,7 +241,7 @@ def _bridge_attention(bad: object) -> None:
 ENTRY_POINTS = {
     "PatternAttention": lambda bad: PatternAttention(EMBED, HEADS, PATTERN, dropout=bad),
     "swap": lambda bad: attnreg.swap(nn.Sequential(nn.MultiheadAttention(EMBED, HEADS)), PATTERN, dropout=bad),
-    "build": lambda bad: attnreg.build("encoder", pattern=PATTERN, d_model=EMBED, n_heads=HEADS, dropout=bad),
+    "build": lambda bad: attnreg.build("encoder", pattern=PATTERN, d_model=EMBED, num_heads=HEADS, dropout=bad),
     "bridge": _bridge_attention,
 }
 

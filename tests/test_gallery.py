@@ -39,7 +39,7 @@ from attnreg.pattern.scores import alibi_slopes
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks of 8 queries so short sequences cross several blocks."""
-    monkeypatch.setattr("attnreg.execution.blocked.layout.DEFAULT_BLOCK", 8)
+    monkeypatch.setattr("attnreg.execution.blocked.layout.QUERY_BLOCK", 8)
 
 
 def _random_blocks(length: int, block: int, count: int, seed: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import attnreg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SIZES = {"vocab_size": 12, "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64, "max_length": 64}
+SIZES = {"vocab_size": 12, "d_model": 32, "n_layers": 2, "num_heads": 4, "d_ff": 64, "max_length": 64}
 IDS = torch.randint(1, 12, (2, 16), generator=torch.Generator().manual_seed(0))
 MASK = torch.ones(2, 16, dtype=torch.long)
 GLOBALS = torch.zeros(2, 16, dtype=torch.long)

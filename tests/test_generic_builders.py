@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 VOCAB = 12
-SIZES = {"vocab_size": VOCAB, "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64, "max_length": 64}
+SIZES = {"vocab_size": VOCAB, "d_model": 32, "n_layers": 2, "num_heads": 4, "d_ff": 64, "max_length": 64}
 
 
 def third_party_pattern(radius: int = 2) -> attnreg.Pattern:
@@ -175,7 +175,7 @@ def test_a_pattern_object_works_as_well_as_a_name():
     ("kwargs", "words"),
     [
         ({"pattern": "third-party-everything", "d_modle": 32}, "unknown parameter.*'d_modle'.*allowed: pattern"),
-        ({"pattern": "third-party-everything", "n_heads": 5}, "n_heads=5.*must divide d_model=32"),
+        ({"pattern": "third-party-everything", "num_heads": 5}, "num_heads=5.*must divide d_model=32"),
         ({"pattern": "third-party-everything", "pattern_params": {"radius": -1}}, "radius=-1"),
         ({"pattern": "third-party-everything", "n_layers": 0}, "n_layers=0"),
         ({"vocab_size": 10}, "pattern"),

@@ -1,4 +1,4 @@
-"""``PatternAttention`` and ``attnreg.swap``: MHA's weights and results kept, the pattern applied, clear errors."""
+"""``MultiheadPatternAttention`` and ``attnreg.swap``: MHA's weights and results kept, the pattern applied, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import attnreg
-from attnreg import AggregatedGlobals, Pattern, PatternAttention, PatternError, SelectedGlobals, Window
+from attnreg import AggregatedGlobals, Pattern, PatternError, SelectedGlobals, Window
+from attnreg.nn import MultiheadPatternAttention
 
 EMBED, HEADS, LENGTH, BATCH = 16, 4, 11, 2
 
@@ -44,7 +45,7 @@ def test_full_window_keeps_encoder_outputs(fastpath):
         expected = model(x, src_key_padding_mask=padding)
         attnreg.swap(model, Pattern(window=None))
         got = model(x, src_key_padding_mask=padding)
-    assert all(isinstance(layer.self_attn, PatternAttention) for layer in model.layers)
+    assert all(isinstance(layer.self_attn, MultiheadPatternAttention) for layer in model.layers)
     real = ~padding
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
 
@@ -128,7 +129,7 @@ def test_causal_mask_accepted_with_causal_pattern():
 def test_selected_globals_with_own_projections_run():
     x, padding = _inputs()
     pattern = Pattern(window=Window(1, 1), selected_globals=SelectedGlobals(own_projections=True))
-    layer = PatternAttention(EMBED, HEADS, pattern, dense_weights=True).eval()
+    layer = MultiheadPatternAttention(EMBED, HEADS, pattern, dense_weights=True).eval()
     global_mask = torch.zeros(BATCH, LENGTH, dtype=torch.bool)
     global_mask[0, 0] = global_mask[1, 4] = True
     with torch.no_grad():
@@ -146,7 +147,7 @@ def test_pattern_parts_add_their_parameters():
         bias=attnreg.RelativePositionBias(8, 16),
         aggregated_bias=attnreg.RelativePositionBias(8, 16),
     )
-    layer = PatternAttention(EMBED, HEADS, pattern)
+    layer = MultiheadPatternAttention(EMBED, HEADS, pattern)
     names = {name for name, _ in layer.named_parameters()}
     assert {"relative_attention_bias", "aggregated_attention_bias", "aggregated_norm.weight"} <= names
     x, padding = _inputs()
@@ -175,7 +176,7 @@ def test_unswappable_modules_are_refused(mha, message):
 
 
 def test_cross_attention_call_is_refused():
-    layer = PatternAttention(EMBED, HEADS, Pattern())
+    layer = MultiheadPatternAttention(EMBED, HEADS, Pattern())
     x, _ = _inputs()
     with pytest.raises(PatternError, match="self-attention"):
         layer(x, x.clone(), x.clone())
@@ -190,14 +191,14 @@ def test_cross_attention_call_is_refused():
     ids=["any-mask", "causal-hint"],
 )
 def test_masks_that_conflict_with_a_bidirectional_pattern_are_refused(kwargs, message):
-    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window(2, 2)))
+    layer = MultiheadPatternAttention(EMBED, HEADS, Pattern(window=Window(2, 2)))
     x, _ = _inputs()
     with pytest.raises(PatternError, match=message):
         layer(x, x, x, need_weights=False, **kwargs)
 
 
 def test_non_causal_attn_mask_with_causal_pattern_is_refused():
-    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window.causal(2)))
+    layer = MultiheadPatternAttention(EMBED, HEADS, Pattern(window=Window.causal(2)))
     x, _ = _inputs()
     mask = torch.zeros(LENGTH, LENGTH, dtype=torch.bool)
     mask[0, 1] = True
@@ -206,7 +207,7 @@ def test_non_causal_attn_mask_with_causal_pattern_is_refused():
 
 
 def test_float_padding_mask_with_biases_is_refused():
-    layer = PatternAttention(EMBED, HEADS, Pattern())
+    layer = MultiheadPatternAttention(EMBED, HEADS, Pattern())
     x, _ = _inputs()
     with pytest.raises(PatternError, match="0 and -inf"):
         layer(x, x, x, key_padding_mask=torch.full((BATCH, LENGTH), 0.5), need_weights=False)
@@ -233,7 +234,8 @@ def test_weights_in_training_are_the_dropped_ones_the_output_comes_from():
     """As MHA's: ``need_weights=True`` in training returns the weights after dropout, which the output is made of."""
     x, padding = _inputs()
     torch.manual_seed(0)
-    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window(2, 1)), dropout=0.5, dense_weights=True).train()
+    pattern = Pattern(window=Window(2, 1))
+    layer = MultiheadPatternAttention(EMBED, HEADS, pattern, dropout=0.5, dense_weights=True).train()
     out, weights = layer(x, x, x, key_padding_mask=padding, average_attn_weights=False)
     v = F.linear(x, layer.in_proj_weight[2 * EMBED :], layer.in_proj_bias[2 * EMBED :])
     v = v.unflatten(-1, (HEADS, EMBED // HEADS)).transpose(1, 2)
@@ -245,7 +247,7 @@ def test_weights_in_training_are_the_dropped_ones_the_output_comes_from():
 
 
 def test_a_pinned_backend_reaches_the_layer_and_weights_are_refused_under_it(monkeypatch):
-    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window(1, 1)), dense_weights=True)
+    layer = MultiheadPatternAttention(EMBED, HEADS, Pattern(window=Window(1, 1)), dense_weights=True)
     x, _ = _inputs()
     blocked = type(attnreg.get_registry().engine("blocked"))
     monkeypatch.setattr(blocked, "unsupported_reasons", lambda self, call: ["planted"])
@@ -260,7 +262,7 @@ def test_a_pinned_backend_reaches_the_layer_and_weights_are_refused_under_it(mon
 def test_include_leaves_other_modules_alone():
     model = nn.ModuleDict({"a": nn.MultiheadAttention(EMBED, HEADS), "b": nn.MultiheadAttention(EMBED, HEADS)})
     attnreg.swap(model, Pattern(), include=lambda name, module: name == "a")
-    assert isinstance(model["a"], PatternAttention) and type(model["b"]) is nn.MultiheadAttention
+    assert isinstance(model["a"], MultiheadPatternAttention) and type(model["b"]) is nn.MultiheadAttention
 
 
 def test_a_lone_module_or_a_model_without_attention_is_refused():
@@ -270,9 +272,9 @@ def test_a_lone_module_or_a_model_without_attention_is_refused():
         attnreg.swap(nn.Linear(2, 2), Pattern())
 
 
-def test_mha_state_dict_loads_into_pattern_attention():
+def test_mha_state_dict_loads_into_the_adapter():
     mha = nn.MultiheadAttention(EMBED, HEADS, batch_first=True)
-    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window(1, 1)))
+    layer = MultiheadPatternAttention(EMBED, HEADS, Pattern(window=Window(1, 1)))
     layer.load_state_dict(mha.state_dict())
     torch.testing.assert_close(layer.in_proj_weight, mha.in_proj_weight)
     mha.load_state_dict(layer.state_dict())
@@ -296,7 +298,7 @@ def test_gradients_match_masked_mha_on_real_positions():
 def test_bfloat16_runs_without_nan_close_to_float32():
     x, padding = _inputs()
     torch.manual_seed(0)
-    layer = PatternAttention(EMBED, HEADS, Pattern(window=Window(2, 2))).eval()
+    layer = MultiheadPatternAttention(EMBED, HEADS, Pattern(window=Window(2, 2))).eval()
     with torch.no_grad():
         full, _ = layer(x, x, x, key_padding_mask=padding, need_weights=False)
         half, _ = layer.to(torch.bfloat16)(*(x.bfloat16(),) * 3, key_padding_mask=padding, need_weights=False)
@@ -344,4 +346,4 @@ def test_dense_weights_is_an_opt_in_on_swap():
         _, weights = model[0](x, x, x)
     assert weights.shape == (BATCH, LENGTH, LENGTH)
     with pytest.raises(PatternError, match="dense_weights=1 is not allowed: expected True or False"):
-        PatternAttention(EMBED, HEADS, Pattern(), dense_weights=1)
+        MultiheadPatternAttention(EMBED, HEADS, Pattern(), dense_weights=1)

@@ -19,7 +19,7 @@ BATCH, HEADS, LENGTH, DIM = 2, 2, 37, 8
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("attnreg.execution.blocked.layout.DEFAULT_BLOCK", 8)
+    monkeypatch.setattr("attnreg.execution.blocked.layout.QUERY_BLOCK", 8)
 
 
 def _batch() -> dict:

@@ -1,7 +1,10 @@
-"""Component builders of the generic models: embeddings, norm, feed-forward, attention blocks and layers.
+"""Component builders of the generic models: embeddings, norm, feed-forward, cross-attention, layers and their
+default factories.
 
 Why components: a model for any registered pattern is these parts stacked; the pattern only decides what the
-self-attention (:class:`attnreg.nn.PatternAttention`, which adds the pattern's own parameters) sees.
+self-attention (:class:`attnreg.nn.PatternAttention`, which adds the pattern's own parameters) sees. Layers take
+their attention and feed-forward modules (torchtune's component builders); :func:`encoder_layer` and
+:func:`decoder_layer` build the defaults.
 """
 
 from __future__ import annotations
@@ -66,18 +69,6 @@ class FeedForward(nn.Module):
         return self.outer(self.dropout(F.gelu(self.inner(hidden))))
 
 
-def attend(
-    attention: PatternAttention,
-    hidden: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    global_attention_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Run ``attention`` on the fast path with HF-style masks (``attention_mask``: 1 = real token, 1 = global)."""
-    padding = None if attention_mask is None else ~attention_mask.bool()
-    global_mask = None if global_attention_mask is None else global_attention_mask.bool()
-    return attention(hidden, hidden, hidden, key_padding_mask=padding, need_weights=False, global_mask=global_mask)[0]
-
-
 class CrossAttention(nn.Module):
     """Multi-head attention from decoder positions to every real encoder position (dense: no pattern applies).
 
@@ -109,19 +100,27 @@ class CrossAttention(nn.Module):
         return self.output(out.transpose(1, 2).reshape(batch, length, d_model))
 
 
-class EncoderLayer(nn.Module):
-    """Pre-norm layer: ``x + attention(norm(x))`` under the pattern, then ``x + feed_forward(norm(x))``.
+class PreNormEncoderLayer(nn.Module):
+    """Pre-norm layer of given modules: ``x + attention(norm(x))``, then ``x + feed_forward(norm(x))``.
 
-    ``dropout`` applies everywhere, the attention probabilities included, as in ``nn.TransformerEncoderLayer``.
+    Why injected (torchtune's layers): any attention with :class:`PatternAttention`'s call, ``attention(x,
+    attention_mask, global_mask) -> output`` (masks: True = real token, True = global), and any feed-forward fit.
+    ``dropout`` applies to both residual branches; :func:`encoder_layer` builds the default one.
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, pattern: Pattern, *, dropout: float, norm_kind: str):
+    def __init__(
+        self,
+        attention: nn.Module,
+        feed_forward: nn.Module,
+        *,
+        attention_norm: nn.Module,
+        feed_forward_norm: nn.Module,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
-        self.attention_norm = norm(norm_kind, d_model)
-        self.attention = PatternAttention(d_model, n_heads, pattern, dropout=dropout)
-        self.feed_forward_norm = norm(norm_kind, d_model)
-        self.feed_forward = FeedForward(d_model, d_ff, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.attention_norm, self.attention = attention_norm, attention
+        self.feed_forward_norm, self.feed_forward = feed_forward_norm, feed_forward
+        self.dropout = nn.Dropout(check_dropout_p("dropout", dropout))
 
     def forward(
         self,
@@ -129,26 +128,35 @@ class EncoderLayer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         global_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        attended = attend(self.attention, self.attention_norm(hidden), attention_mask, global_attention_mask)
+        attended = self.attention(self.attention_norm(hidden), attention_mask, global_attention_mask)
         hidden = hidden + self.dropout(attended)
         return hidden + self.dropout(self.feed_forward(self.feed_forward_norm(hidden)))
 
 
-class DecoderLayer(nn.Module):
-    """Pre-norm layer: causal self-attention, cross-attention to the encoder, feed-forward; each residual.
+class PreNormDecoderLayer(nn.Module):
+    """Pre-norm layer of given modules: self-attention, cross-attention to the encoder, feed-forward; each residual.
 
-    ``dropout`` applies everywhere, both attentions' probabilities included, as in ``nn.TransformerDecoderLayer``.
+    ``self_attention(x, attention_mask) -> output`` as :class:`PatternAttention`'s call (True = real token);
+    ``cross_attention(x, memory, memory_mask) -> output`` as :class:`CrossAttention`'s. ``dropout`` applies to the
+    residual branches; :func:`decoder_layer` builds the default one.
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, *, dropout: float, norm_kind: str):
+    def __init__(
+        self,
+        self_attention: nn.Module,
+        cross_attention: nn.Module,
+        feed_forward: nn.Module,
+        *,
+        self_attention_norm: nn.Module,
+        cross_attention_norm: nn.Module,
+        feed_forward_norm: nn.Module,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
-        self.self_attention_norm = norm(norm_kind, d_model)
-        self.self_attention = PatternAttention(d_model, n_heads, CAUSAL, dropout=dropout)
-        self.cross_attention_norm = norm(norm_kind, d_model)
-        self.cross_attention = CrossAttention(d_model, n_heads, dropout)
-        self.feed_forward_norm = norm(norm_kind, d_model)
-        self.feed_forward = FeedForward(d_model, d_ff, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.self_attention_norm, self.self_attention = self_attention_norm, self_attention
+        self.cross_attention_norm, self.cross_attention = cross_attention_norm, cross_attention
+        self.feed_forward_norm, self.feed_forward = feed_forward_norm, feed_forward
+        self.dropout = nn.Dropout(check_dropout_p("dropout", dropout))
 
     def forward(
         self,
@@ -157,7 +165,41 @@ class DecoderLayer(nn.Module):
         memory: torch.Tensor,
         memory_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        hidden = hidden + self.dropout(attend(self.self_attention, self.self_attention_norm(hidden), attention_mask))
+        hidden = hidden + self.dropout(self.self_attention(self.self_attention_norm(hidden), attention_mask))
         crossed = self.cross_attention(self.cross_attention_norm(hidden), memory, memory_mask)
         hidden = hidden + self.dropout(crossed)
         return hidden + self.dropout(self.feed_forward(self.feed_forward_norm(hidden)))
+
+
+def encoder_layer(
+    d_model: int, num_heads: int, d_ff: int, pattern: Pattern, *, dropout: float = 0.0, norm_kind: str = "layer"
+) -> PreNormEncoderLayer:
+    """The generic encoder's layer: :class:`PatternAttention` under ``pattern`` and a :class:`FeedForward`.
+
+    ``dropout`` applies everywhere, the attention probabilities included, as in ``nn.TransformerEncoderLayer``.
+    """
+    return PreNormEncoderLayer(
+        PatternAttention(d_model, num_heads, pattern, dropout=dropout),
+        FeedForward(d_model, d_ff, dropout),
+        attention_norm=norm(norm_kind, d_model),
+        feed_forward_norm=norm(norm_kind, d_model),
+        dropout=dropout,
+    )
+
+
+def decoder_layer(
+    d_model: int, num_heads: int, d_ff: int, *, dropout: float = 0.0, norm_kind: str = "layer"
+) -> PreNormDecoderLayer:
+    """The generic decoder's layer: causal :class:`PatternAttention`, :class:`CrossAttention`, :class:`FeedForward`.
+
+    ``dropout`` applies everywhere, both attentions' probabilities included, as in ``nn.TransformerDecoderLayer``.
+    """
+    return PreNormDecoderLayer(
+        PatternAttention(d_model, num_heads, CAUSAL, dropout=dropout),
+        CrossAttention(d_model, num_heads, dropout),
+        FeedForward(d_model, d_ff, dropout),
+        self_attention_norm=norm(norm_kind, d_model),
+        cross_attention_norm=norm(norm_kind, d_model),
+        feed_forward_norm=norm(norm_kind, d_model),
+        dropout=dropout,
+    )

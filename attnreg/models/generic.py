@@ -1,7 +1,7 @@
 """The generic ``encoder`` and ``encoder-decoder`` models: a full trainable transformer for any registered pattern.
 
 Why generic: a plugin that only registers a pattern (a third party's included) gets models for free —
-``attnreg.build("encoder", pattern="NAME", d_model=..., n_layers=..., n_heads=...)``. The pattern applies to the
+``attnreg.build("encoder", pattern="NAME", d_model=..., n_layers=..., num_heads=...)``. The pattern applies to the
 encoder's self-attention; the decoder attends causally to itself and densely to the encoder.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +21,16 @@ from torch import nn
 
 from attnreg._validation import PatternError, reject_unknown, require, require_int
 from attnreg.execution.dropout import check_dropout_p
-from attnreg.models.components import DecoderLayer, Embeddings, EncoderLayer, norm
+from attnreg.models.components import Embeddings, decoder_layer, encoder_layer, norm
 from attnreg.models.inputs import check_ids, check_like
 from attnreg.pattern.spec import Pattern
 from attnreg.registry import resolve_pattern
 
 CONFIG_FILE = "attnreg_config.json"
 WEIGHTS_FILE = "attnreg_model.pt"
+
+#: Old names of config fields, still accepted for one release with a DeprecationWarning: old name -> new name.
+RENAMED_FIELDS = {"n_heads": "num_heads"}
 
 
 @dataclass
@@ -43,7 +48,7 @@ class GenericConfig:
     vocab_size: int = 32000
     d_model: int = 512
     n_layers: int = 6
-    n_heads: int = 8
+    num_heads: int = 8
     d_ff: int = 2048
     max_length: int = 4096
     dropout: float = 0.0
@@ -67,14 +72,14 @@ class GenericConfig:
             self.pattern_params,
             "only with a pattern name (a Pattern is already built)",
         )
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_length"):
+        for name in ("vocab_size", "d_model", "n_layers", "num_heads", "d_ff", "max_length"):
             require_int(name, getattr(self, name), minimum=1)
         for name in ("num_labels", "n_decoder_layers"):
             if getattr(self, name) is not None:
                 require_int(name, getattr(self, name), minimum=1)
         for name in ("decoder_start_token_id", "pad_token_id"):
             require_int(name, getattr(self, name), minimum=0)
-        require(self.d_model % self.n_heads == 0, "n_heads", self.n_heads, f"must divide d_model={self.d_model}")
+        require(self.d_model % self.num_heads == 0, "num_heads", self.num_heads, f"must divide d_model={self.d_model}")
         check_dropout_p("dropout", self.dropout)
 
     def resolve_pattern(self) -> Pattern:
@@ -96,7 +101,7 @@ class GenericConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenericConfig:
         """The config :meth:`to_dict` wrote."""
-        data = dict(data)
+        data = _new_names(data, "a config saved under older names (save the model again to update it)")
         if isinstance(data.get("pattern"), dict):
             data["pattern"] = Pattern.from_dict(data["pattern"]["spec"])
         return cls(**data)
@@ -112,13 +117,37 @@ def make_config(
     elif isinstance(config, GenericConfig):
         base = {name: getattr(config, name) for name in known}
     elif isinstance(config, dict):
-        base = dict(config)
+        base = _new_names(config, where)
     else:
         raise PatternError(f"config={config!r} is not allowed: expected None, a dict or an attnreg GenericConfig")
+    overrides = _new_names(overrides, where)
     reject_unknown(where, [*base, *overrides], known)
     merged = {**base, **overrides}
     require("pattern" in merged, "pattern", None, "name the encoder's pattern, e.g. pattern='longt5-local'")
     return GenericConfig(**merged)
+
+
+def _new_names(fields: dict[str, Any], where: str) -> dict[str, Any]:
+    """A copy of ``fields`` under the new names of :data:`RENAMED_FIELDS`, warning once for each old name used."""
+    fields = dict(fields)
+    for old, new in RENAMED_FIELDS.items():
+        if old in fields:
+            require(new not in fields, old, fields[old], f"pass {new} alone ({old} is its old name)")
+            warnings.warn(
+                f"{where}: {old} is renamed {new}; pass {new} ({old} will stop working in a later release)",
+                DeprecationWarning,
+                stacklevel=_first_caller_outside_attnreg(),
+            )
+            fields[new] = fields.pop(old)
+    return fields
+
+
+def _first_caller_outside_attnreg() -> int:
+    """The ``stacklevel`` that points a warning at the caller's code, past attnreg's own frames."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "attnreg":
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @dataclass
@@ -159,9 +188,9 @@ class PatternEncoder(GenericModel):
         self.pattern = config.resolve_pattern()
         self.embeddings = Embeddings(config.vocab_size, config.d_model, config.max_length, config.dropout)
         self.layers = nn.ModuleList(
-            EncoderLayer(
+            encoder_layer(
                 config.d_model,
-                config.n_heads,
+                config.num_heads,
                 config.d_ff,
                 self.pattern,
                 dropout=config.dropout,
@@ -241,7 +270,7 @@ class PatternEncoderDecoder(GenericModel):
         self.decoder_embeddings = Embeddings(config.vocab_size, config.d_model, config.max_length, config.dropout)
         self.decoder_embeddings.tokens = self.encoder.embeddings.tokens
         self.decoder_layers = nn.ModuleList(
-            DecoderLayer(config.d_model, config.n_heads, config.d_ff, dropout=config.dropout, norm_kind=config.norm)
+            decoder_layer(config.d_model, config.num_heads, config.d_ff, dropout=config.dropout, norm_kind=config.norm)
             for _ in range(config.n_decoder_layers or config.n_layers)
         )
         self.decoder_norm = norm(config.norm, config.d_model)
@@ -332,31 +361,47 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | N
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
 
 
-def _builder(model_type: type[GenericModel]):
+def build_encoder(
+    config: GenericConfig | dict[str, Any] | None = None, *, pretrained: str | Path | None = None, **overrides: Any
+) -> PatternEncoder:
+    """``attnreg.build("encoder")``: a :class:`PatternEncoder` under any registered pattern (``pattern=NAME``).
+
+    ``config``: a :class:`GenericConfig`, a dict of its fields or ``None``; ``overrides``: its fields (``pattern``,
+    ``pattern_params``, ``vocab_size``, ``d_model``, ``n_layers``, ``num_heads``, ``d_ff``, ``max_length``, ...);
+    ``pretrained``: a folder that ``save_pretrained`` wrote, whose config ``overrides`` then change.
+    """
+    return _build(PatternEncoder, config, pretrained, overrides)
+
+
+def build_encoder_decoder(
+    config: GenericConfig | dict[str, Any] | None = None, *, pretrained: str | Path | None = None, **overrides: Any
+) -> PatternEncoderDecoder:
+    """``attnreg.build("encoder-decoder")``: a :class:`PatternEncoderDecoder`, the pattern on its encoder.
+
+    Arguments as :func:`build_encoder`'s; ``n_decoder_layers`` and ``decoder_start_token_id`` apply here only.
+    """
+    return _build(PatternEncoderDecoder, config, pretrained, overrides)
+
+
+def _build(
+    model_type: type[GenericModel],
+    config: GenericConfig | dict[str, Any] | None,
+    pretrained: str | Path | None,
+    overrides: dict[str, Any],
+) -> GenericModel:
+    """What both builders do: a new ``model_type`` from the config, or the one saved in ``pretrained``."""
     where = f"attnreg.build({model_type.kind!r})"
-
-    def build(config: GenericConfig | dict[str, Any] | None = None, *, pretrained: str | None = None, **overrides):
-        if pretrained is None:
-            return model_type(make_config(config, overrides, where))
-        directory = Path(pretrained)
-        require((directory / CONFIG_FILE).is_file(), "pretrained", pretrained, f"expected a folder with {CONFIG_FILE}")
-        saved = json.loads((directory / CONFIG_FILE).read_text())
-        require(
-            saved.pop("builder", None) == model_type.kind,
-            "pretrained",
-            pretrained,
-            f"was saved by another builder; expected one saved by {model_type.kind!r}",
-        )
-        model = model_type(make_config(GenericConfig.from_dict(saved) if config is None else config, overrides, where))
-        model.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-        return model
-
-    build.__doc__ = (
-        f"A generic {model_type.kind} for any registered pattern: pattern=NAME, pattern_params={{...}}, vocab_size, "
-        f"d_model, n_layers, n_heads, d_ff, max_length, ... (see attnreg.models.generic.GenericConfig)."
+    if pretrained is None:
+        return model_type(make_config(config, overrides, where))
+    directory = Path(pretrained)
+    require((directory / CONFIG_FILE).is_file(), "pretrained", pretrained, f"expected a folder with {CONFIG_FILE}")
+    saved = json.loads((directory / CONFIG_FILE).read_text())
+    require(
+        saved.pop("builder", None) == model_type.kind,
+        "pretrained",
+        pretrained,
+        f"was saved by another builder; expected one saved by {model_type.kind!r}",
     )
-    return build
-
-
-build_encoder = _builder(PatternEncoder)
-build_encoder_decoder = _builder(PatternEncoderDecoder)
+    model = model_type(make_config(GenericConfig.from_dict(saved) if config is None else config, overrides, where))
+    model.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    return model

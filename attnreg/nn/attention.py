@@ -1,42 +1,31 @@
-"""``PatternAttention``: self-attention under an attnreg pattern, a drop-in for ``torch.nn.MultiheadAttention``.
+"""``PatternAttention``: self-attention under an attnreg pattern, in attnreg's conventions.
 
-It keeps MHA's parameter names (``in_proj_weight``, ``in_proj_bias``, ``out_proj``) so an MHA state dict loads,
-and adds the pattern's own parameters (bias tables, global projections, the aggregated-token norm).
+Its native call is ``attn(x, attention_mask=None, global_mask=None)`` with attnreg's masks (True = real token, True =
+global) and returns the output alone. ``nn.MultiheadAttention``'s call is the adapter's,
+:class:`attnreg.nn.MultiheadPatternAttention`. The parameter names are MHA's (``in_proj_weight``, ``in_proj_bias``,
+``out_proj``) so an MHA state dict loads, plus the pattern's own (bias tables, global projections, aggregated norm).
 """
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
-from attnreg._validation import PatternError, require, require_int
+from attnreg._validation import require, require_int
 from attnreg.execution.dropout import check_dropout_p
 from attnreg.functional import attention, attention_weights
-from attnreg.nn.masks import check_attn_mask, real_tokens
 from attnreg.nn.projections import project_heads
 from attnreg.pattern.spec import Pattern
-from attnreg.pinning import pinned_backend
 
 
 class PatternAttention(nn.Module):
-    """Multi-head self-attention whose query-key structure is ``pattern``; forward and results as MHA's.
+    """Multi-head self-attention whose query-key structure is ``pattern``: ``attn(x, attention_mask, global_mask)``.
 
-    ``forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-    average_attn_weights=True, is_causal=False, global_mask=None)`` returns ``(output, weights or None)``.
-    ``key`` and ``value`` must be ``query`` itself (self-attention). ``key_padding_mask`` is PyTorch's (True = pad);
-    ``global_mask`` (True = global) marks selected global tokens. The output always comes from the fast engines.
-    Dense weights are an opt-in, ``dense_weights=True``: then ``need_weights=True`` (MHA's default) computes them on
-    the reference engine, O(length²) in time and memory (at 4,096 tokens about 50x slower than without). Without
-    it the weights are ``None`` (a warning says so once per module when ``need_weights=True`` is passed).
-    Padded query positions give ``out_proj``'s bias (their attention output is zero), where MHA gives a value.
-    ``dropout`` drops attention probabilities in training mode only, as ``nn.Dropout`` and MHA do: eval mode runs
-    exactly as ``dropout=0``; the weights returned in training are the dropped ones, as MHA returns them.
+    ``x`` is ``(batch, length, embed_dim)``; ``attention_mask`` ``(batch, length)`` is True (or 1) for real tokens,
+    ``global_mask`` True for selected global tokens; the result is ``(batch, length, embed_dim)``, from the fast
+    engines. Padded query positions give ``out_proj``'s bias (their attention output is zero). ``dropout`` drops
+    attention probabilities in training mode only, as ``nn.Dropout`` does: eval mode runs exactly as ``dropout=0``.
     """
-
-    #: False so that ``nn.TransformerEncoderLayer``'s fused fast path, which would bypass the pattern, is not taken.
-    _qkv_same_embed_dim = False
 
     def __init__(
         self,
@@ -46,15 +35,10 @@ class PatternAttention(nn.Module):
         *,
         bias: bool = True,
         dropout: float = 0.0,
-        batch_first: bool = True,
-        dense_weights: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        require(isinstance(dense_weights, bool), "dense_weights", dense_weights, "expected True or False")
-        self.dense_weights = dense_weights
-        self._said_no_weights = False
         require_int("embed_dim", embed_dim, minimum=1)
         require_int("num_heads", num_heads, minimum=1)
         require(embed_dim % num_heads == 0, "num_heads", num_heads, f"must divide embed_dim={embed_dim}")
@@ -65,7 +49,6 @@ class PatternAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.pattern = pattern
         self.dropout = check_dropout_p("dropout", dropout)
-        self.batch_first = batch_first
         self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim, **factory)) if bias else None
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
@@ -98,71 +81,51 @@ class PatternAttention(nn.Module):
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, pattern={self.pattern!r}"
 
     def forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, global_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The attention output ``(batch, length, embed_dim)`` of ``x`` under the pattern and the batch's masks."""
+        self._check_input(x, "x", "(batch, length")
+        require(
+            attention_mask is None
+            or (isinstance(attention_mask, torch.Tensor) and tuple(attention_mask.shape) == tuple(x.shape[:2])),
+            "attention_mask.shape",
+            tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else attention_mask,
+            f"expected (batch, length) = {tuple(x.shape[:2])}, True for real tokens (nn.MultiheadAttention's call, "
+            "(query, key, value, key_padding_mask=...), is attnreg.nn.MultiheadPatternAttention's)",
+        )
+        return self._attend(x, attention_mask, global_mask)[0]
+
+    def _check_input(self, x: torch.Tensor, name: str, layout: str) -> None:
+        """``x`` is a padded 3-D tensor of ``embed_dim`` features (``layout`` names its first two axes)."""
+        nested = isinstance(x, torch.Tensor) and x.is_nested
+        require(not nested, name, "a nested tensor", "pass a padded tensor and a mask of its real tokens")
+        require(
+            isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[-1] == self.embed_dim,
+            f"{name}.shape",
+            tuple(x.shape) if isinstance(x, torch.Tensor) else x,
+            f"expected {layout}, {self.embed_dim}) (unbatched and nested inputs are not supported)",
+        )
+
+    def _attend(
         self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        key_padding_mask: torch.Tensor | None = None,
-        need_weights: bool = True,
-        attn_mask: torch.Tensor | None = None,
-        average_attn_weights: bool = True,
-        is_causal: bool = False,
-        global_mask: torch.Tensor | None = None,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        global_mask: torch.Tensor | None,
+        *,
+        dense_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(output, weights)`` as ``nn.MultiheadAttention`` returns them; ``weights`` is ``None`` unless asked for."""
-        self._check_inputs(query, key, value)
-        x = query if self.batch_first else query.transpose(0, 1)
+        """``(output, None)`` from the fast engines, or with ``dense_weights`` ``(output, per-head weights)`` from the
+        reference engine, O(length²); ``x`` is ``(batch, length, embed_dim)``."""
         batch, length, _ = x.shape
-        check_attn_mask(attn_mask, is_causal, self.pattern, length)
-        inputs = self._pattern_inputs(x, real_tokens(key_padding_mask, batch, length), global_mask)
+        inputs = self._pattern_inputs(x, attention_mask, global_mask)
         dropout_p = self.dropout if self.training else 0.0
         q, k, v = self._heads(x, self.in_proj_weight, self.in_proj_bias)
         weights = None
-        if need_weights and self.dense_weights:
-            pinned = pinned_backend()
-            require(
-                pinned is None,
-                "need_weights",
-                need_weights,
-                f"False inside attnreg.backend({pinned!r}): with dense_weights=True the weights come from the dense "
-                f"reference engine, and the block pins {', '.join(pinned or ())}",
-            )
+        if dense_weights:
             out, weights = attention_weights(q, k, v, self.pattern, dropout_p=dropout_p, **inputs)
-            weights = weights.mean(dim=1) if average_attn_weights else weights
         else:
-            if need_weights:
-                self._say_no_weights()
             out = attention(q, k, v, self.pattern, dropout_p=dropout_p, **inputs)
-        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
-        return (out if self.batch_first else out.transpose(0, 1)), weights
-
-    def _say_no_weights(self) -> None:
-        """Warn once that ``need_weights=True`` gave no weights (the fast engines have none to give)."""
-        if self._said_no_weights or torch.compiler.is_compiling():
-            return
-        self._said_no_weights = True
-        warnings.warn(
-            "PatternAttention: need_weights=True returns weights=None (the output comes from the fast engines); "
-            "build it with dense_weights=True (or attnreg.swap(..., dense_weights=True)) for the dense weights, "
-            "O(length^2), or pass need_weights=False",
-            stacklevel=4,
-        )
-
-    def _check_inputs(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
-        nested = isinstance(query, torch.Tensor) and query.is_nested
-        require(not nested, "query", "a nested tensor", "pass a padded tensor and key_padding_mask")
-        require(
-            isinstance(query, torch.Tensor) and query.dim() == 3 and query.shape[-1] == self.embed_dim,
-            "query.shape",
-            tuple(query.shape) if isinstance(query, torch.Tensor) else query,
-            f"expected {'(batch, length' if self.batch_first else '(length, batch'}, {self.embed_dim}) "
-            "(unbatched and nested inputs are not supported)",
-        )
-        if key is not query or value is not query:
-            raise PatternError(
-                "key/value that are not the query tensor itself are not allowed: PatternAttention is self-attention "
-                "(call it as attn(x, x, x)); cross-attention cannot take a pattern's query-key structure"
-            )
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim)), weights
 
     def _heads(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """``x`` projected by ``weight`` (one matmul) into ``(batch, heads, length, head_dim)`` parts."""

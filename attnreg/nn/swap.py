@@ -13,7 +13,7 @@ from torch import nn
 
 from attnreg._validation import PatternError, require
 from attnreg.execution.dropout import check_dropout_p
-from attnreg.nn.attention import PatternAttention
+from attnreg.nn.multihead import MultiheadPatternAttention
 from attnreg.pattern.spec import Pattern
 from attnreg.registry import resolve_pattern
 
@@ -27,14 +27,14 @@ def swap(
     dense_weights: bool = False,
     **pattern_params: Any,
 ) -> nn.Module:
-    """Replace, in place, every ``nn.MultiheadAttention`` in ``model`` by a :class:`PatternAttention`.
+    """Replace, in place, every ``nn.MultiheadAttention`` in ``model`` by a :class:`MultiheadPatternAttention`.
 
     ``pattern`` is a :class:`attnreg.Pattern` or a registered name built with ``pattern_params``. ``include(name,
     module)`` picks the modules to replace (e.g. leave a decoder's cross-attention alone). Each replacement keeps its
     module's attention dropout (``mha.dropout``, applied in training mode only, on the fast engines) unless
     ``dropout`` overrides it for all. ``dense_weights=True`` makes ``need_weights=True`` (MHA's default) compute the
     dense weights on the reference engine, O(length²); otherwise the weights are ``None`` and the output always comes
-    from the fast engines (see :class:`PatternAttention`). ``nn.TransformerEncoder`` parents get
+    from the fast engines (see :class:`MultiheadPatternAttention`). ``nn.TransformerEncoder`` parents get
     ``use_nested_tensor = False``: its nested-tensor fast path would bypass the pattern.
     """
     require(isinstance(model, nn.Module), "model", type(model).__name__, "expected a torch.nn.Module")
@@ -61,8 +61,8 @@ def from_multihead(
     dropout: float | None = None,
     dense_weights: bool = False,
     name: str = "module",
-) -> PatternAttention:
-    """A :class:`PatternAttention` with ``mha``'s weights, device, dtype, training mode and attention dropout.
+) -> MultiheadPatternAttention:
+    """A :class:`MultiheadPatternAttention` with ``mha``'s weights, device, dtype, training mode and attention dropout.
 
     ``dropout`` (a probability in [0, 1)) replaces ``mha.dropout``; what cannot carry over is an error.
     """
@@ -70,7 +70,7 @@ def from_multihead(
     if dropout is None:
         dropout = check_dropout_p(f"{name}.dropout", mha.dropout)
     weight = mha.in_proj_weight
-    layer = PatternAttention(
+    layer = MultiheadPatternAttention(
         mha.embed_dim,
         mha.num_heads,
         pattern,
@@ -86,7 +86,7 @@ def from_multihead(
         not loaded.unexpected_keys,
         name,
         sorted(loaded.unexpected_keys),
-        "these nn.MultiheadAttention weights have no place in PatternAttention",
+        "these nn.MultiheadAttention weights have no place in MultiheadPatternAttention",
     )
     with torch.no_grad():
         if layer.global_in_proj_weight is not None:

@@ -1,9 +1,11 @@
-"""The hooks a plugin implements; each receives a :class:`attnreg.PluginRegistrar` to add its contributions with.
+"""The hooks a plugin implements; each gets the plugin's own :class:`attnreg.PluginRegistrar`, to add its contributions.
 
 A plugin is any object or module with functions marked ``@attnreg.hookimpl`` and named after a hook below,
 exposed through an entry point in the ``attnreg`` group (or registered at run time with
-``attnreg.register_plugin``). The built-in patterns arrive through exactly this door. A hook function takes the
-argument ``registrar`` (or nothing); ``registry``, its old name, still works and warns.
+``attnreg.register_plugin``). The core's own engines, part kinds, patterns and generic builders come through these
+same hooks (``attnreg._core_plugin``), registered by ``Registry.load`` itself rather than by an entry point, so
+``ATTNREG_DISABLE_PLUGINS`` cannot turn them off. A hook function takes the argument ``registrar`` (or nothing);
+``registry``, its old name, still works and warns.
 """
 
 from __future__ import annotations

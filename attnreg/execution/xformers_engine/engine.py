@@ -12,7 +12,7 @@ from attnreg.execution.engine import Engine
 from attnreg.execution.xformers_engine.kernel import installed, load_fmha, run_plan
 from attnreg.execution.xformers_engine.operators import build_reasons, kernel_reasons
 from attnreg.execution.xformers_engine.plan import (
-    DEFAULT_BLOCK,
+    XFORMERS_QUERY_BLOCK,
     block_layout,
     build_plan,
     has_extra_keys,
@@ -27,7 +27,7 @@ _LAUNCH_S = 30e-6
 _PLAN_S = 6e-4
 
 
-def strategy(call: AttentionCall, fmha: ModuleType, block: int = DEFAULT_BLOCK) -> bool:
+def strategy(call: AttentionCall, fmha: ModuleType, block: int = XFORMERS_QUERY_BLOCK) -> bool:
     """Whether the window runs as a structural mask (no bias tensor): a window without bias, extra keys or padding,
     on an operator that takes xformers' ``LocalAttentionFromBottomRightMask`` for these inputs (flash: half
     precision, head sizes it supports); otherwise the blocked tensor bias, which cutlass runs."""
@@ -41,7 +41,7 @@ def strategy(call: AttentionCall, fmha: ModuleType, block: int = DEFAULT_BLOCK) 
     return candidate and (call.attention_mask is None or bool(call.attention_mask.all()))  # last: reading it syncs
 
 
-def xformers_attention(call: AttentionCall, fmha: ModuleType, block: int = DEFAULT_BLOCK) -> torch.Tensor:
+def xformers_attention(call: AttentionCall, fmha: ModuleType, block: int = XFORMERS_QUERY_BLOCK) -> torch.Tensor:
     """Run ``call`` with the xformers module ``fmha`` (``xformers.ops.fmha`` or a stand-in with its interface)."""
     if strategy(call, fmha, block):
         unpadded = replace(call, attention_mask=None)
@@ -49,7 +49,7 @@ def xformers_attention(call: AttentionCall, fmha: ModuleType, block: int = DEFAU
     return run_plan(fmha, build_plan(call, structural=False, block=block), call)
 
 
-def plan_reasons(call: AttentionCall, fmha: ModuleType, block: int = DEFAULT_BLOCK) -> list[str]:
+def plan_reasons(call: AttentionCall, fmha: ModuleType, block: int = XFORMERS_QUERY_BLOCK) -> list[str]:
     """Why xformers' operators would refuse the calls the engine plans for ``call`` (empty: they all run)."""
     structural = strategy(call, fmha, block)
     return kernel_reasons(fmha, call, kernel_shapes(call, structural=structural, block=block))

@@ -21,7 +21,9 @@ from attnreg.execution.window_reach import window_reach
 
 #: xformers reads tensor biases whose strides are multiples of 16 bytes: pad the last dimension to 8 elements.
 BIAS_ALIGNMENT = 8
-DEFAULT_BLOCK = 128
+#: Queries per group of the tensor-bias window call (the ``rows`` of :func:`block_layout`), for the xformers
+#: engine only; the blocked engine's query block is :data:`attnreg.execution.blocked.layout.QUERY_BLOCK`.
+XFORMERS_QUERY_BLOCK = 128
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,7 @@ def _kernel_call(
     return KernelCall(name, projections, queries, live, columns, bias=_aligned_bias(call, runs, live))
 
 
-def block_layout(call: AttentionCall, block: int = DEFAULT_BLOCK) -> tuple[int, int, int, int]:
+def block_layout(call: AttentionCall, block: int = XFORMERS_QUERY_BLOCK) -> tuple[int, int, int, int]:
     """``(rows, groups, left, span)`` for the window part: query blocks of ``rows``, keys ``[g*rows - left, +span)``.
 
     A window that reaches (almost) the whole sequence becomes one block over every key.
@@ -311,7 +313,7 @@ def _blocked_tokens(
     return _kernel_call(call, "window+extras" if extras else "window", "tokens", queries, live, runs)
 
 
-def build_plan(call: AttentionCall, *, structural: bool, block: int = DEFAULT_BLOCK) -> Plan:
+def build_plan(call: AttentionCall, *, structural: bool, block: int = XFORMERS_QUERY_BLOCK) -> Plan:
     """The calls xformers runs for ``call``.
 
     ``structural``: the window is a :class:`LocalMask` over the whole sequence instead of a tensor bias; only for a
@@ -349,7 +351,7 @@ def _global_rows_call(
     return _kernel_call(call, "global-rows", projections, queries, live, runs), slots
 
 
-def kernel_shapes(call: AttentionCall, *, structural: bool, block: int = DEFAULT_BLOCK) -> list[KernelShape]:
+def kernel_shapes(call: AttentionCall, *, structural: bool, block: int = XFORMERS_QUERY_BLOCK) -> list[KernelShape]:
     """The :class:`KernelShape` of each call :func:`build_plan` would make, without reading any tensor.
 
     Selected global keys are left out of the key counts (counting them reads the device); no operator's verdict on a

@@ -8,7 +8,7 @@ self-attention, sharing the weights: state-dict keys, forward arguments, outputs
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -33,6 +33,9 @@ HEADS: dict[str, type[modeling_longt5.LongT5PreTrainedModel]] = {
 }
 
 ATTENTION_TYPE = {"longt5-local": "local", "longt5-tglobal": "transient-global"}
+
+ConfigLike = LongT5Config | Mapping[str, Any] | None
+"""What a builder's ``config`` may be: a ``LongT5Config``, a dict of its fields over the base size, or ``None``."""
 
 BASE_CONFIG: dict[str, Any] = {
     "vocab_size": 32128,
@@ -71,26 +74,27 @@ _LAYERS: dict[str, tuple[str, type[torch.nn.Module]]] = {
 }
 
 
-def builder_for(name: str) -> Callable[..., torch.nn.Module]:
-    """The ``attnreg.build`` builder of ``name`` (``"longt5-local"`` or ``"longt5-tglobal"``)."""
+def build_longt5_local(
+    config: ConfigLike = None, *, pretrained: str | None = None, head: str = "conditional-generation", **overrides: Any
+) -> torch.nn.Module:
+    """``attnreg.build("longt5-local")``: transformers' LongT5 on local attention; arguments as :func:`build_longt5`."""
+    return build_longt5("longt5-local", config, pretrained=pretrained, head=head, **overrides)
 
-    def build(
-        config: LongT5Config | Mapping[str, Any] | None = None,
-        *,
-        pretrained: str | None = None,
-        head: str = "conditional-generation",
-        **overrides: Any,
-    ) -> torch.nn.Module:
-        return build_longt5(name, config, pretrained=pretrained, head=head, **overrides)
 
-    build.__doc__ = build_longt5.__doc__
-    build.__name__ = build.__qualname__ = f"build_{name.replace('-', '_')}"
-    return build
+def build_longt5_tglobal(
+    config: ConfigLike = None, *, pretrained: str | None = None, head: str = "conditional-generation", **overrides: Any
+) -> torch.nn.Module:
+    """``attnreg.build("longt5-tglobal")``: LongT5 on Transient-Global attention; arguments as :func:`build_longt5`."""
+    return build_longt5("longt5-tglobal", config, pretrained=pretrained, head=head, **overrides)
+
+
+#: The registered builders, by name: the plugin adds each one as it is.
+BUILDERS = {"longt5-local": build_longt5_local, "longt5-tglobal": build_longt5_tglobal}
 
 
 def build_longt5(
     name: str,
-    config: LongT5Config | Mapping[str, Any] | None = None,
+    config: ConfigLike = None,
     *,
     pretrained: str | None = None,
     head: str = "conditional-generation",
@@ -129,7 +133,7 @@ def build_longt5(
     return use_attnreg_attention(model)
 
 
-def make_config(name: str, config: LongT5Config | Mapping[str, Any] | None = None, **overrides: Any) -> LongT5Config:
+def make_config(name: str, config: ConfigLike = None, **overrides: Any) -> LongT5Config:
     """The ``LongT5Config`` for ``name`` from a config, a dict over the base size, or nothing, plus ``overrides``."""
     attention_type = ATTENTION_TYPE[name]
     _check_keys("overrides", overrides)

@@ -18,10 +18,10 @@ def attnreg_add_patterns(registrar: attnreg.PluginRegistrar) -> None:
 
 @attnreg.hookimpl
 def attnreg_add_builders(registrar: attnreg.PluginRegistrar) -> None:
-    from attnreg_longt5.models import builder_for
+    from attnreg_longt5.models import BUILDERS
 
-    for name in ("longt5-local", "longt5-tglobal"):
-        registrar.add_builder(name, builder_for(name), description=f"transformers LongT5 ({name}) on attnreg attention")
+    for name, builder in BUILDERS.items():
+        registrar.add_builder(name, builder, description=f"transformers LongT5 ({name}) on attnreg attention")
 
 
 @attnreg.hookimpl

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+
+import attnreg_longt5
 import pytest
 import torch
 from attnreg_longt5 import LongT5LocalAttention, LongT5TransientGlobalAttention
@@ -194,6 +197,27 @@ def test_build_from_a_config_or_a_dict_with_overrides(name):
     )
     assert from_config.config.num_layers == 1 and from_dict.config.num_decoder_layers == 1
     assert from_dict.config.d_model == 16 and from_dict.config.encoder_attention_type == KINDS[name]
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_each_builder_is_a_plain_function_with_its_real_signature(name):
+    builder = attnreg.get_registry().builder(name).builder
+    assert builder is getattr(attnreg_longt5, f"build_{name.replace('-', '_')}")
+    assert builder.__qualname__ == builder.__name__ and not hasattr(builder, "__wrapped__")
+    parameters = inspect.signature(builder).parameters.values()
+    assert [(p.name, p.kind, p.default) for p in parameters] == [
+        ("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, None),
+        ("pretrained", inspect.Parameter.KEYWORD_ONLY, None),
+        ("head", inspect.Parameter.KEYWORD_ONLY, "conditional-generation"),
+        ("overrides", inspect.Parameter.VAR_KEYWORD, inspect.Parameter.empty),
+    ]
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_each_builder_called_directly_sets_its_attention_and_head(name):
+    builder = getattr(attnreg_longt5, f"build_{name.replace('-', '_')}")
+    model = builder(tiny_config(name), head="encoder", num_layers=1)
+    assert isinstance(model, LongT5EncoderModel) and model.config.encoder_attention_type == KINDS[name]
 
 
 def test_a_config_for_the_other_attention_is_an_error():
