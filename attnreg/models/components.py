@@ -75,9 +75,9 @@ class CrossAttention(nn.Module):
     ``dropout`` drops attention probabilities in training mode only, as :class:`PatternAttention` does.
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.n_heads = n_heads
+        self.num_heads = num_heads
         self.dropout = check_dropout_p("dropout", dropout)
         self.query = nn.Linear(d_model, d_model)
         self.key_value = nn.Linear(d_model, 2 * d_model)
@@ -85,9 +85,9 @@ class CrossAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None) -> torch.Tensor:
         batch, length, d_model = hidden.shape
-        head_dim = d_model // self.n_heads
-        q = self.query(hidden).view(batch, length, self.n_heads, head_dim).transpose(1, 2)
-        k, v = self.key_value(memory).view(batch, -1, 2, self.n_heads, head_dim).permute(2, 0, 3, 1, 4)
+        head_dim = d_model // self.num_heads
+        q = self.query(hidden).view(batch, length, self.num_heads, head_dim).transpose(1, 2)
+        k, v = self.key_value(memory).view(batch, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
         mask = None
         empty = None
         if memory_mask is not None:
