@@ -20,6 +20,7 @@ from transformers.masking_utils import bidirectional_mask_function, causal_mask_
 from attnreg._validation import PatternError
 from attnreg.execution.dropout import check_dropout_p
 from attnreg.functional import attention, attention_weights
+from attnreg.integrations.transformers_bridge import shared_kv_heads
 from attnreg.pattern.parts import Window
 from attnreg.pattern.predicates import Band, KeyRange
 from attnreg.pattern.spec import Pattern
@@ -139,7 +140,7 @@ def _problems(
     window = options.get("sliding_window")
     if isinstance(mask, LayerMask) and window is not None and mask.window not in (None, window):
         problems.append(f"sliding_window={window} differs from the mask's window {mask.window}")
-    if isinstance(mask, LayerMask) and window is not None and mask.window is None and mask.causal:
+    elif isinstance(mask, LayerMask) and window is not None and mask.window is None and mask.causal:
         problems.append(
             f"the layer passes sliding_window={window} but its mask is full causal: set config.sliding_window or "
             "config.layer_types consistently"
@@ -206,7 +207,7 @@ def _whole_sequence(
     weights: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Prefill, training and encoders: the whole sequence on attnreg's engines (weights from the reference)."""
-    scaling = options.get("scaling") or query.shape[-1] ** -0.5
+    scaling = options["scaling"]
     pattern = layer_pattern(mask, options.get("softcap"), scaling)
     real = mask.padding
     documents = None
@@ -251,8 +252,7 @@ def _cached_step(
         allowed = allowed & (chunk_ids(mask, q_positions)[:, :, None] == chunk_ids(mask, k_positions)[:, None, :])
     if mask.padding is not None:
         allowed = allowed & mask.padding[:, None, :]
-    scaling = options.get("scaling") or query.shape[-1] ** -0.5
-    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * options["scaling"]
     if options.get("softcap") is not None:
         scores = options["softcap"] * torch.tanh(scores / options["softcap"])
     scores = scores.masked_fill(~allowed[:, None], float("-inf"))
@@ -281,11 +281,8 @@ def decoder_attention(
     """The ``AttentionInterface`` entry: ``(module, q, k, v, mask, ...) -> ((batch, length, heads, dim), weights)``."""
     _refuse(module, _problems(module, query, key, attention_mask, options))
     dropout = check_dropout_p("dropout", dropout)
-    heads, kv_heads = query.shape[1], key.shape[1]
-    if kv_heads != heads:
-        key = key.repeat_interleave(heads // kv_heads, dim=1)
-        value = value.repeat_interleave(heads // kv_heads, dim=1)
-    options = {**options, "scaling": scaling}
+    key, value = shared_kv_heads(query, key, value)
+    options = {**options, "scaling": query.shape[-1] ** -0.5 if scaling is None else scaling}
     mask: LayerMask = attention_mask
     length = query.shape[2]
     from_start = mask.kv_offset == 0 and isinstance(mask.q_offset, int) and mask.q_offset == 0

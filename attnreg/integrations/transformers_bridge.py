@@ -149,10 +149,7 @@ def make_attention_function(pattern: Pattern, name: str) -> Callable[..., tuple[
         _refuse(name, where, model_problems(pattern, causal=causal))
         _refuse(name, where, _call_problems(module, query, key, attention_mask, kwargs))
         dropout = check_dropout_p("dropout", dropout)
-        heads, kv_heads = query.shape[1], key.shape[1]
-        if kv_heads != heads:
-            key = key.repeat_interleave(heads // kv_heads, dim=1)
-            value = value.repeat_interleave(heads // kv_heads, dim=1)
+        key, value = shared_kv_heads(query, key, value)
         run = _scaled(pattern, scaling, query.shape[-1], name, where)
         inputs = {"attention_mask": attention_mask, "dropout_p": dropout}
         if kwargs.get("global_mask") is not None:
@@ -167,6 +164,17 @@ def make_attention_function(pattern: Pattern, name: str) -> Callable[..., tuple[
 
     pattern_attention.__qualname__ = f"pattern_attention[{name}]"
     return pattern_attention
+
+
+def shared_kv_heads(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``key`` and ``value`` with each key/value head repeated for the query heads that share it (grouped-query
+    attention), as attnreg's engines take one key/value head per query head."""
+    heads, kv_heads = query.shape[1], key.shape[1]
+    if kv_heads == heads:
+        return key, value
+    return key.repeat_interleave(heads // kv_heads, dim=1), value.repeat_interleave(heads // kv_heads, dim=1)
 
 
 def _is_cross_attention(module: torch.nn.Module) -> bool:
