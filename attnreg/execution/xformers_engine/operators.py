@@ -16,6 +16,8 @@ from attnreg.execution.xformers_engine.kernel import xformers_mask
 from attnreg.execution.xformers_engine.plan import KernelShape
 
 #: The operator families xformers' dispatcher tries on CUDA, in its order (``_dispatch_fw`` / ``_dispatch_bw``).
+#: ``triton_splitk`` joins that list only for keys broadcast across heads (MQA, a key stride of 0 over heads) with
+#: few queries; the engine passes every head's keys (gathered, never broadcast), so it is never tried for its calls.
 FAMILIES = ("flash3", "flash", "cutlass")
 #: How xformers' reasons about the machine begin: they say nothing of the inputs, so they are set aside where the
 #: inputs are not on CUDA (a plan checked on CPU; on CUDA every reason counts).
