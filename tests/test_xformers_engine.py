@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import types
+from dataclasses import replace
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from pattern_cases import PATTERNS, case_inputs, gradients, run
 import attnreg
 from attnreg.execution import make_call
 from attnreg.execution.dispatch import capability_reasons, choose, refusals
+from attnreg.execution.dispatch import run as dispatch_run
 from attnreg.execution.xformers_engine import (
     LocalMask,
     XformersEngine,
@@ -358,6 +360,26 @@ def test_a_bound_on_global_tokens_without_a_global_mask_keeps_the_window(fake_fm
         actual = run_plan(fake_fmha, build_plan(call, structural=structural, block=4), call)
         torch.testing.assert_close(actual, expected, atol=2e-2, rtol=2e-2, msg=f"structural={structural}")
     torch.testing.assert_close(xformers_attention(call, fake_fmha, block=4), expected, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("name", ["window-only", "tglobal", "window-globals"])
+def test_a_non_finite_value_reaches_only_the_rows_that_see_it(fake_fmha, name: str) -> None:
+    """Through the dispatcher, whose probe (``attnreg.execution.non_finite``) finds the rows that see a bad key."""
+    inputs = case_inputs(name, length=40, padding=3, num_globals=1)
+    pattern = PATTERNS[name]
+    clean = make_call(inputs.pop("q"), inputs.pop("k"), inputs.pop("v"), pattern, **inputs)
+    is_global = torch.zeros(clean.length, dtype=torch.bool) if clean.global_mask is None else clean.global_mask[0]
+    key = int((~is_global[15:]).nonzero()[0]) + 15  # a global key is seen by every row
+    v = clean.v.clone()
+    v[0, :, key] = float("nan")
+    with torch.no_grad():
+        expected, out = (dispatch_run(_AnyDevice(), replace(clean, v=values)) for values in (clean.v, v))
+    layout = pattern.materialize(clean.length, clean.attention_mask, clean.global_mask)
+    sees = torch.zeros(clean.batch, clean.length, dtype=torch.bool)
+    sees[0] = layout.allowed[0, :, key]
+    assert 0 < int(sees.sum()) < clean.length
+    assert torch.equal(~torch.isfinite(out).all(dim=-1).all(dim=1), sees)
+    torch.testing.assert_close(out.transpose(1, 2)[~sees], expected.transpose(1, 2)[~sees])
 
 
 # --- support and dispatch -------------------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def run(engine: Engine, call: AttentionCall) -> torch.Tensor:
     a non-finite key or value reaches only the rows that see it (:mod:`attnreg.execution.non_finite`)."""
     call = hide_padded(call)
     if torch.compiler.is_compiling():
-        return engine(call)
+        return contained(engine, call)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("engine %r runs %s", engine.name, describe_call(call))
     with torch.profiler.record_function(f"attnreg:{engine.name}"):

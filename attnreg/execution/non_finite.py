@@ -3,22 +3,27 @@
 Why a wrapper and not each kernel: fused kernels add masks to scores (``nan + -inf`` is NaN) and multiply weights by
 values (``0 * nan`` is NaN), so a non-finite key or value leaks into rows that never see it (a block, or every row).
 Padded keys, which no query sees, are zeroed first (:func:`hide_padded`, a cheap masked fill that traces); what is
-left is a real key hidden from some queries by the pattern. When the call's keys and values can be read for free (on
-the CPU, outside ``torch.compile``) and hold a non-finite number, the engine runs on cleaned inputs, and a second,
-gradient-free run of the same engine on an indicator of the bad keys finds the rows that see one: those rows are NaN,
-the others exact. Elsewhere (an accelerator, where the read would stall the device, or while tracing) only the
-padded keys are cleaned.
+left is a real key hidden from some queries by the pattern. When the keys and values hold a non-finite number, the
+engine runs on cleaned inputs, and a second, gradient-free run of the same engine on an indicator of the bad keys
+finds the rows that see one: those rows are NaN, the others exact.
+
+Finding out whether any key is bad is a read: free on the CPU, one device sync per call on an accelerator, and
+impossible while ``torch.compile`` traces or a CUDA graph is captured; there only the padded keys are cleaned. Why
+not poison the bad keys and let the kernel spread NaN to the rows that see them, with no read: kernels do not
+promise to propagate NaN (compiled FlexAttention on the CPU drops a NaN key's score even from the rows that see it).
+
+Gradients are not contained: with a non-finite input the reference's own backward spreads NaN to every row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 
 from attnreg.execution import host
 from attnreg.execution.call import AttentionCall
+from attnreg.execution.engine import Engine
 
 #: The key and value tensors of a call, by the query set that reads them.
 _KEY_VALUES = (("k", "v"), ("global_k", "global_v"), ("aggregated_k", "aggregated_v"))
@@ -35,38 +40,54 @@ def hide_padded(call: AttentionCall) -> AttentionCall:
     return replace(call, **{name: getattr(call, name).masked_fill(hidden, 0) for name in present})
 
 
-def _bad_keys(call: AttentionCall) -> dict[str, torch.Tensor] | None:
-    """Per key tensor name, ``(batch, heads, keys)`` True where the key or its value is not finite; ``None`` when
-    all are finite or they cannot be read for free."""
-    if not host.host_readable(call.k):
-        return None
+def _bad_keys(call: AttentionCall) -> dict[str, torch.Tensor]:
+    """Per key tensor name, ``(batch, heads, keys)``: True where the key or its value is not finite (no read)."""
     found = {}
     for key_name, value_name in _KEY_VALUES:
         key, value = getattr(call, key_name), getattr(call, value_name)
         if key is not None:
             found[key_name] = ~(torch.isfinite(key).all(dim=-1) & torch.isfinite(value).all(dim=-1))
-    return found if any(bool(bad.any()) for bad in found.values()) else None
+    return found
 
 
-def contained(attend: Callable[[AttentionCall], torch.Tensor], call: AttentionCall) -> torch.Tensor:
-    """``attend(call)``, a non-finite key or value making NaN only the rows that see it (see the module docstring)."""
-    bad = _bad_keys(call)
-    if bad is None:
-        return attend(call)
+def _any(bad: dict[str, torch.Tensor]) -> bool:
+    """Whether any key is bad: one read (one device sync on an accelerator)."""
+    return bool(torch.stack([flags.any() for flags in bad.values()]).any())
+
+
+def _cleaned(call: AttentionCall, bad: dict[str, torch.Tensor]) -> AttentionCall:
+    """``call`` with each bad key and its value set to zero."""
     zero = torch.zeros((), dtype=call.dtype, device=call.device)
-    cleaned, probe = {}, {}
+    changed = {}
     for key_name, value_name in _KEY_VALUES:
-        if key_name not in bad:
-            continue
-        hidden = bad[key_name][..., None]
-        key, value = getattr(call, key_name), getattr(call, value_name)
-        cleaned[key_name], cleaned[value_name] = torch.where(hidden, zero, key), torch.where(hidden, zero, value)
-        probe[key_name] = torch.zeros_like(key)
-        probe[value_name] = hidden.to(call.dtype).expand_as(value).contiguous()
-    clean = replace(call, **cleaned)
-    out = attend(clean)
+        if key_name in bad:
+            hidden = bad[key_name][..., None]
+            changed[key_name] = torch.where(hidden, zero, getattr(call, key_name))
+            changed[value_name] = torch.where(hidden, zero, getattr(call, value_name))
+    return replace(call, **changed)
+
+
+def _probed(engine: Engine, call: AttentionCall, bad: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``engine(call)`` on cleaned keys, NaN in the rows that a gradient-free run on an indicator of ``bad`` shows
+    to see a bad key (zero queries and keys: every visible key gets a positive weight)."""
+    clean = _cleaned(call, bad)
+    out = engine(clean)
+    probe = {}
+    for key_name, value_name in _KEY_VALUES:
+        if key_name in bad:
+            value = getattr(call, value_name)
+            probe[key_name] = torch.zeros_like(getattr(call, key_name))
+            probe[value_name] = bad[key_name][..., None].to(call.dtype).expand_as(value).contiguous()
     present = [name for name in ("q", "global_q") if getattr(call, name) is not None]
     queries = {name: torch.zeros_like(getattr(call, name)) for name in present}
     with torch.no_grad():
-        seen = attend(replace(clean, **probe, **queries, dropout=None)).amax(dim=-1, keepdim=True) > 0
+        seen = engine(replace(clean, **probe, **queries, dropout=None)).amax(dim=-1, keepdim=True) > 0
     return out.masked_fill(seen, float("nan"))
+
+
+def contained(engine: Engine, call: AttentionCall) -> torch.Tensor:
+    """``engine(call)``, a non-finite key or value making NaN only the rows that see it (see the module docstring)."""
+    if not host.readable(call.k):
+        return engine(call)
+    bad = _bad_keys(call)
+    return _probed(engine, call, bad) if _any(bad) else engine(call)
