@@ -273,6 +273,30 @@ def test_list_verbose_shows_each_engines_declared_capabilities_under_it(listed_v
         assert lines[row + 1] == f"      supports: {expected}"
 
 
+def test_list_verbose_shows_each_builders_parameters_and_the_config_fields_it_takes(listed_verbose):
+    lines = listed_verbose.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("  encoder "))
+    parameters = lines[row + 1]
+    assert parameters.startswith(
+        "      parameters: config: GenericConfig | dict[str, Any] | None = None, pretrained: str | Path | None = None, "
+        "**overrides: Any (overrides: pattern: str | Pattern = '', pattern_params: dict[str, Any] = {}, "
+    )
+    assert "num_heads: int = 8" in parameters and "n_heads" not in parameters
+
+
+def test_a_builder_whose_config_is_no_dataclass_lists_no_fields():
+    def build(config: dict | None = None, *, pretrained: str | None = None, **overrides): ...
+
+    def unresolvable(config: NoSuchConfig = None): ...  # noqa: F821 (the plugin's own module lacks the import)
+
+    info = attnreg.registry.PluginInfo("demo")
+    for builder in (build, unresolvable):
+        assert attnreg.registry.BuilderEntry("demo", builder, info).config_fields() == {}
+    parameters = attnreg.registry.BuilderEntry("demo", build, info).keyword_parameters().values()
+    texts = [parameter_text(p) for p in parameters]
+    assert texts == ["config: dict | None = None", "pretrained: str | None = None", "**overrides"]
+
+
 def test_list_without_verbose_shows_no_parameters(listed):
     assert "parameters:" not in listed.stdout and "supports:" not in listed.stdout
 

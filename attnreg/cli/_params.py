@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from attnreg.pattern.spec import Pattern
-from attnreg.registry import PatternEntry, get_registry
+from attnreg.registry import BuilderEntry, PatternEntry, get_registry
 from attnreg.validation import AttnregError
 
 _DEST_PREFIX = "pattern_param_"
@@ -45,20 +45,29 @@ def _plain_markup(match: re.Match[str]) -> str:
 
 
 def parameter_text(parameter: inspect.Parameter) -> str:
-    """``radius: int = 16`` (``right=None`` without an annotation; ``radius: int (required)`` without a default)."""
-    text = parameter.name
+    """``radius: int = 16`` (``right=None`` without an annotation; ``radius: int (required)`` without a default;
+    ``**overrides: Any`` for keyword arguments collected into a dict)."""
+    stars = {parameter.VAR_KEYWORD: "**", parameter.VAR_POSITIONAL: "*"}.get(parameter.kind, "")
+    text = stars + parameter.name
     annotated = parameter.annotation is not parameter.empty
     if annotated:
         annotation = parameter.annotation
         text += f": {annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)}"
+    if stars:
+        return text
     if parameter.default is parameter.empty:
         return f"{text} (required)"
     return f"{text}{' = ' if annotated else '='}{parameter.default!r}"
 
 
-def parameters_text(entry: PatternEntry) -> str:
-    """Every parameter of a registered pattern on one line, as its factory declares them, or ``(none)``."""
-    return ", ".join(map(parameter_text, entry.keyword_parameters().values())) or "(none)"
+def parameters_text(entry: PatternEntry | BuilderEntry) -> str:
+    """Every keyword parameter of a registered pattern or builder on one line, as declared, or ``(none)``; for a
+    builder whose ``config`` is a dataclass, the fields ``**overrides`` may set follow in brackets."""
+    text = ", ".join(map(parameter_text, entry.keyword_parameters().values())) or "(none)"
+    fields = entry.config_fields() if isinstance(entry, BuilderEntry) else {}
+    if fields:
+        text += f" (overrides: {', '.join(map(parameter_text, fields.values()))})"
+    return text
 
 
 def option_name(parameter: str) -> str:

@@ -4,7 +4,7 @@ conflicts.
 A plugin that failed to import, marks a function that is no hook, or raised in its hook is listed beside the
 working ones with the reason (a traceback shortened unless ``--verbose``), and a plugin that registered nothing
 gets a line too, so a broken installation is visible rather than silently missing. Each part kind is listed with its
-class and parameters; ``--verbose`` also lists each pattern's parameters.
+class and parameters; ``--verbose`` also lists each pattern's and builder's parameters.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "-v",
         "--verbose",
         action="store_true",
-        help="each pattern's parameters, each engine's capabilities, and full tracebacks of failed plugins",
+        help="each pattern's and builder's parameters, each engine's capabilities, full tracebacks of failed plugins",
     )
     parser.set_defaults(func=run)
 
@@ -57,15 +57,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(registry: Registry, *, verbose: bool = False) -> str:
-    """The registry as text: one section per kind of contribution (patterns with their parameters and engines with
-    their capabilities when ``verbose``, part kinds with their class signatures), then failed plugins, conflicts,
-    plugins that registered nothing and disabled plugins."""
+    """The registry as text: one section per kind of contribution (patterns and builders with their parameters and
+    engines with their capabilities when ``verbose``, part kinds with their class signatures), then failed plugins,
+    conflicts, plugins that registered nothing and disabled plugins."""
     parameters = {name: parameters_text(entry) for name, entry in registry.patterns.items()} if verbose else {}
+    builder_parameters = {name: parameters_text(entry) for name, entry in registry.builders.items()} if verbose else {}
     supports = {name: engine.capability_summary() for name, engine in registry.engine_table.items()} if verbose else {}
     sections = [
         _section("patterns", _rows(registry.patterns.values()), parameters),
         _section("parts", _part_rows(registry.parts.values())),
-        _section("builders", _rows(registry.builders.values())),
+        _section("builders", _rows(registry.builders.values()), builder_parameters),
         _section("engines", _engine_rows(registry), supports, "supports"),
         _section("benchmarks", _rows(registry.benchmarks.values())),
         _failures(registry, verbose),

@@ -8,10 +8,12 @@ any of these fatal). A plugin that loads but registers nothing is noted, since a
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import os
 import traceback
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -108,6 +110,35 @@ class BuilderEntry:
     builder: Callable[..., Any]
     plugin: PluginInfo
     description: str = ""
+
+    def keyword_parameters(self) -> dict[str, inspect.Parameter]:
+        """The builder's parameters that can be passed by keyword (``**overrides`` included), as it declares them."""
+        return {name: p for name, p in inspect.signature(self.builder).parameters.items() if p.kind != p.VAR_POSITIONAL}
+
+    def config_fields(self) -> dict[str, inspect.Parameter]:
+        """The fields that the dataclass its ``config`` parameter takes declares itself (not those it inherits, such
+        as transformers' generic config fields), which ``**overrides`` may set; empty when the annotation names no
+        dataclass (or cannot be resolved)."""
+        try:
+            hint = typing.get_type_hints(self.builder).get("config")
+        except Exception:  # a plugin's annotation naming what its module does not import
+            return {}
+        kinds = [kind for kind in (typing.get_args(hint) or (hint,)) if dataclasses.is_dataclass(kind)]
+        if not kinds:
+            return {}
+        found, own = {}, inspect.get_annotations(kinds[0])
+        for item in dataclasses.fields(kinds[0]):
+            if item.name not in own:
+                continue
+            if item.default is not dataclasses.MISSING:
+                default = item.default
+            elif item.default_factory is not dataclasses.MISSING:
+                default = item.default_factory()
+            else:
+                default = inspect.Parameter.empty
+            keyword = inspect.Parameter.KEYWORD_ONLY
+            found[item.name] = inspect.Parameter(item.name, keyword, default=default, annotation=item.type)
+        return found
 
 
 @dataclass(frozen=True)
