@@ -166,7 +166,7 @@ def check_one(name: str, engine: str, dtype: torch.dtype, device: str, length: i
     (no grad) or the worst of the output and every gradient (``grad``)."""
     pattern = attnreg.get_pattern(name, **CHECKED[name])
     inputs = random_inputs(
-        pattern, length, batch=2, heads=4, head_dim=64, dtype=dtype, device=device, padding=37, num_globals=3,
+        pattern, length, batch=2, num_heads=4, head_dim=64, dtype=dtype, device=device, padding=37, num_globals=3,
         requires_grad=grad, seed=1,
     )
     reference = _as_float32(inputs)
@@ -232,7 +232,7 @@ def kernel_timings(device: str, lengths: list[int], budget: Budget, repeats: int
                 print(f"\n== {label} bare attention, {length} tokens, bf16, {mode} ==", flush=True)
                 variants = bare_variants(
                     pattern, length, batch=1, device=torch.device(device), dtype=torch.bfloat16, grad=grad,
-                    engines=engines, heads=heads, head_dim=head_dim,
+                    engines=engines, num_heads=heads, head_dim=head_dim,
                 )
                 for variant in variants:
                     record = {"pattern": label, "length": length, "engine": variant.label,

@@ -115,7 +115,7 @@ def compare(call, *, atol: float, rtol: float) -> None:
 def with_keep(call, p: float = 0.3, seed: int = 2):
     """``call`` with dropout ``p`` and explicit random keep flags: reference and engine drop the same weights."""
     generator = torch.Generator().manual_seed(seed)
-    keep = torch.rand(call.batch, call.heads, call.length, call.length + call.count, generator=generator) >= p
+    keep = torch.rand(call.batch, call.num_heads, call.length, call.length + call.count, generator=generator) >= p
     return replace(call, dropout=AttentionDropout(p, keep))
 
 

@@ -11,9 +11,14 @@ import inspect
 import json
 
 import pytest
+import torch
 
 import attnreg
+import attnreg.nn
+from attnreg.bench.inputs import random_inputs
+from attnreg.execution.call import make_call, part_tensor_shapes
 from attnreg.models.generic import CONFIG_FILE, build_encoder, build_encoder_decoder
+from attnreg.testing.inputs import make_inputs
 
 SIZES = {"pattern": "causal", "vocab_size": 12, "d_model": 16, "n_layers": 1, "d_ff": 32, "max_length": 16}
 GENERIC = {"encoder": build_encoder, "encoder-decoder": build_encoder_decoder}
@@ -70,3 +75,53 @@ def test_a_model_saved_under_n_heads_loads_with_a_warning(tmp_path) -> None:
     with pytest.warns(DeprecationWarning, match="save the model again"):
         loaded = attnreg.build("encoder", pretrained=str(tmp_path))
     assert loaded.config.num_heads == 2
+
+
+# --- heads is num_heads in the execution layer too ------------------------------------------------------------------
+
+WINDOW = attnreg.Pattern(window=attnreg.Window(2, 2), bias=attnreg.RelativePositionBias(8, 16))
+
+
+def _old_heads_calls() -> dict:
+    """Each public helper that took ``heads=``, called under the old name: what it returns."""
+    linear = torch.nn.Linear(6, 12)
+    x = torch.randn(1, 5, 6)
+    return {
+        "project_heads": lambda **kw: attnreg.nn.project_heads(x, linear.weight, linear.bias, head_dim=3, **kw)[0],
+        "project_linears": lambda **kw: attnreg.nn.project_linears(x, [linear], head_dim=3, **kw)[0],
+        "part_tensor_shapes": lambda **kw: part_tensor_shapes(WINDOW, batch=1, length=5, head_dim=3, **kw),
+        "make_inputs": lambda **kw: make_inputs(WINDOW, batch=1, length=5, **kw).tensors["q"].shape,
+        "random_inputs": lambda **kw: random_inputs(WINDOW, 5, **kw)["q"].shape,
+    }
+
+
+@pytest.mark.parametrize("helper", sorted(_old_heads_calls()))
+def test_the_old_heads_keyword_still_works_with_a_warning_naming_num_heads(helper: str) -> None:
+    call = _old_heads_calls()[helper]
+    expected = call(num_heads=4)
+    with pytest.warns(DeprecationWarning, match=r"heads is renamed num_heads") as caught:
+        got = call(heads=4)
+    if isinstance(expected, torch.Tensor):
+        torch.testing.assert_close(got, expected)
+    else:
+        assert got == expected
+    assert caught[0].filename == __file__
+    with pytest.raises(attnreg.PatternError, match=r"heads=4 .*pass num_heads alone"):
+        call(heads=4, num_heads=4)
+
+
+def test_attention_call_heads_is_num_heads_with_a_warning() -> None:
+    q = torch.randn(1, 3, 5, 4)
+    call = make_call(q, q, q, attnreg.Pattern(window=attnreg.Window(1, 1)))
+    assert call.num_heads == 3
+    with pytest.warns(DeprecationWarning, match="AttentionCall.heads is renamed num_heads") as caught:
+        assert call.heads == 3
+    assert caught[0].filename == __file__
+
+
+def test_explain_takes_num_heads_and_its_old_name(capsys: pytest.CaptureFixture[str]) -> None:
+    from attnreg.cli import main
+
+    for option in ("--num-heads", "--heads"):
+        assert main(["explain", "longt5-local", "--length", "64", option, "3"]) == 0
+        assert "3 heads" in capsys.readouterr().out

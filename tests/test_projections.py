@@ -17,7 +17,7 @@ def test_one_matmul_equals_each_projection_forward_and_backward(biases: tuple[bo
     heads, head_dim = 2, 3
     linears = [nn.Linear(5, heads * head_dim, bias=bias) for bias in biases]
     x = torch.randn(2, 7, 5, requires_grad=True)
-    parts = project_heads(x, *stacked(linears), heads=heads, head_dim=head_dim)
+    parts = project_heads(x, *stacked(linears), num_heads=heads, head_dim=head_dim)
     assert len(parts) == 3
     expected = [linear(x).view(2, 7, heads, head_dim).transpose(1, 2) for linear in linears]
     for got, want in zip(parts, expected, strict=True):
@@ -55,13 +55,13 @@ def test_modules_that_are_not_plain_linears_or_have_hooks_are_called_as_they_are
     hooked.register_forward_hook(lambda module, args, out: out + 1)
     x = torch.randn(2, 7, 5)
     assert fusable(plain) and not fusable(scaled) and not fusable(hooked)
-    parts = project_linears(x, [plain, scaled, hooked], heads=2, head_dim=3)
+    parts = project_linears(x, [plain, scaled, hooked], num_heads=2, head_dim=3)
     for got, module in zip(parts, [plain, scaled, hooked], strict=True):
         torch.testing.assert_close(got, module(x).view(2, 7, 2, 3).transpose(1, 2))
-    fused = project_linears(x, [plain, plain], heads=2, head_dim=3)
+    fused = project_linears(x, [plain, plain], num_heads=2, head_dim=3)
     torch.testing.assert_close(fused[1], plain(x).view(2, 7, 2, 3).transpose(1, 2))
 
 
 def test_a_weight_that_is_not_whole_heads_is_an_error_naming_it() -> None:
     with pytest.raises(PatternError, match=r"weight.shape=\(7, 5\).*heads=2, head_dim=3"):
-        project_heads(torch.randn(1, 4, 5), torch.randn(7, 5), None, heads=2, head_dim=3)
+        project_heads(torch.randn(1, 4, 5), torch.randn(7, 5), None, num_heads=2, head_dim=3)

@@ -67,7 +67,7 @@ def test_plan_bias_equals_reference(name: str, block: int) -> None:
         plan = build_plan(call, structural=structural, block=block)
         total, covered = densify(plan, call.count)
         layout = PATTERNS[name].materialize(call.length, call.attention_mask, call.global_mask)
-        expected = layout.bias(call.bias_weight, call.aggregated_bias_weight, call.heads)
+        expected = layout.bias(call.bias_weight, call.aggregated_bias_weight, call.num_heads)
         total, covered, allowed, expected = torch.broadcast_tensors(total, covered, layout.allowed[:, None], expected)
         assert int(covered.max()) <= 1, f"{name}: a key is counted twice"
         assert torch.equal(covered == 1, allowed), f"{name} structural={structural}"
@@ -342,7 +342,7 @@ def test_dropout_is_the_operators_own_p(fake_fmha, name: str) -> None:
 
 def test_explicit_keep_flags_are_refused_with_the_reason() -> None:
     call = _call("window-only")
-    keep = torch.ones(call.batch, call.heads, call.length, call.length, dtype=torch.bool)
+    keep = torch.ones(call.batch, call.num_heads, call.length, call.length, dtype=torch.bool)
     call = make_call(call.q, call.k, call.v, call.pattern, dropout_p=0.1, dropout_mask=keep)
     assert any("cannot take dropout_mask" in reason for reason in capability_reasons(XformersEngine(), call))
 

@@ -105,7 +105,7 @@ def bare_variants(
     dtype: torch.dtype,
     grad: bool,
     engines: list[str],
-    heads: int = 8,
+    num_heads: int = 8,
     head_dim: int = 64,
 ) -> Iterator[Variant]:
     """``attnreg.attention`` on random inputs (one global token if the pattern has selected globals), per engine."""
@@ -113,7 +113,7 @@ def bare_variants(
         pattern,
         length,
         batch=batch,
-        heads=heads,
+        num_heads=num_heads,
         head_dim=head_dim,
         dtype=dtype,
         device=device,

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from attnreg._deprecation import renamed_keywords
 from attnreg._validation import require, require_int
 from attnreg.execution.call import as_keywords, part_tensor_shapes
 from attnreg.pattern.spec import Pattern
@@ -22,12 +23,13 @@ def example_padding(batch: int, padding: int) -> list[int]:
     return [round(padding * b / (batch - 1)) for b in range(batch)]
 
 
+@renamed_keywords(heads="num_heads")
 def random_inputs(
     pattern: Pattern,
     length: int,
     *,
     batch: int = 1,
-    heads: int = 2,
+    num_heads: int = 2,
     head_dim: int = 16,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
@@ -51,7 +53,7 @@ def random_inputs(
         value = (torch.randn(*shape, generator=generator) * scale).to(device=device, dtype=dtype)
         return value.requires_grad_(requires_grad)
 
-    shape = (batch, heads, length, head_dim)
+    shape = (batch, num_heads, length, head_dim)
     inputs: dict[str, Any] = {"q": tensor(*shape), "k": tensor(*shape), "v": tensor(*shape)}
     pads = example_padding(batch, padding)
     real = torch.ones(batch, length, dtype=torch.bool)
@@ -67,7 +69,12 @@ def random_inputs(
             chosen[b, torch.randperm(length - pad, generator=generator)[:count]] = True
         inputs["global_mask"] = chosen.to(device)
     parts = part_tensor_shapes(
-        pattern, batch=batch, heads=heads, length=length, head_dim=head_dim, global_projections=bool(num_globals)
+        pattern,
+        batch=batch,
+        num_heads=num_heads,
+        length=length,
+        head_dim=head_dim,
+        global_projections=bool(num_globals),
     )
     # bias tables at half scale: scores of the same order as q·k, not dominated by the bias
     made = {

@@ -20,7 +20,7 @@ def setup_text(result: BenchResult) -> str:
     setup = settings(result)
     if result.mode == "bare":
         defaults = inspect.signature(bare_variants).parameters  # the bare call's shape is bare_variants' defaults
-        what = f"bare attnreg.attention, {defaults['heads'].default} heads of {defaults['head_dim'].default}"
+        what = f"bare attnreg.attention, {defaults['num_heads'].default} heads of {defaults['head_dim'].default}"
     else:
         what = "layer benchmark"
     return (

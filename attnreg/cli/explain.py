@@ -21,7 +21,7 @@ from attnreg.pattern.spec import Pattern
 from attnreg.registry import ConflictError, PluginError, UnknownNameError, get_registry
 
 USAGE = (
-    "attnreg explain NAME [--length N] [--batch B] [--heads H] [--head-dim D] [--device D] [--dtype T] [--grad] "
+    "attnreg explain NAME [--length N] [--batch B] [--num-heads H] [--head-dim D] [--device D] [--dtype T] [--grad] "
     "[--globals K] [--pad P] [--PATTERN-PARAMETER VALUE ...]"
 )
 
@@ -44,7 +44,9 @@ def call_options(parser: argparse.ArgumentParser) -> None:
     """The options that describe one call: sizes, device, dtype, gradients, global tokens, padding."""
     parser.add_argument("--length", type=int, default=4096, help="sequence length (default: 4096)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
-    parser.add_argument("--heads", type=int, default=8, help="attention heads (default: 8)")
+    parser.add_argument(
+        "--num-heads", "--heads", type=int, default=8, help="attention heads (default: 8; --heads is its old name)"
+    )
     parser.add_argument("--head-dim", type=int, default=64, help="size of each head (default: 64)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="(default: float32)")
@@ -75,7 +77,7 @@ class _AssumedDeviceCall(AttentionCall):
 def describe_call(pattern: Pattern, options: argparse.Namespace) -> tuple[AttentionCall, bool]:
     """A call matching ``options`` without allocating its tensors; True when the device is only assumed."""
     n, batch = options.length, options.batch
-    for name in ("length", "batch", "heads", "head_dim"):
+    for name in ("length", "batch", "num_heads", "head_dim"):
         value = getattr(options, name)
         require_int(f"--{name.replace('_', '-')}", value, minimum=1)
     require(0 <= options.pad < n, "--pad", options.pad, f"expected 0 to --length - 1 ({n - 1})")
@@ -91,7 +93,7 @@ def describe_call(pattern: Pattern, options: argparse.Namespace) -> tuple[Attent
     def tensor(*shape: int) -> torch.Tensor:
         return torch.zeros((), device=place, dtype=dtype, requires_grad=options.grad).expand(*shape)
 
-    shape = (batch, options.heads, n, options.head_dim)
+    shape = (batch, options.num_heads, n, options.head_dim)
     inputs: dict = {}
     if options.pad:
         inputs["attention_mask"] = (torch.arange(n, device=place) < n - options.pad).expand(batch, n)
@@ -101,7 +103,7 @@ def describe_call(pattern: Pattern, options: argparse.Namespace) -> tuple[Attent
     parts = part_tensor_shapes(
         pattern,
         batch=batch,
-        heads=options.heads,
+        num_heads=options.num_heads,
         length=n,
         head_dim=options.head_dim,
         global_projections=bool(options.globals),
@@ -149,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"{args.name}: {pattern!r}")
     print(
-        f"call: batch {call.batch}, {call.heads} heads, length {call.length}, head_dim {call.head_dim}, "
+        f"call: batch {call.batch}, {call.num_heads} heads, length {call.length}, head_dim {call.head_dim}, "
         f"{options.dtype} on {call.device}{' (assumed: not available here)' if assumed else ''}, "
         f"{'forward + backward' if call.requires_grad else 'forward only'}, {options.globals} global tokens, "
         f"{options.pad} padded, {call.count} aggregated keys"

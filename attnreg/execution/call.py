@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 
+from attnreg._deprecation import first_caller_outside_attnreg, renamed_keywords
 from attnreg._validation import PatternError, describe, require
 from attnreg.execution.dropout import AttentionDropout, make_dropout
 from attnreg.pattern.prepared import BATCH_INPUTS, PreparedMask, prepare
@@ -30,22 +32,23 @@ TENSOR_NAMES = (
 )
 
 
+@renamed_keywords(heads="num_heads")
 def part_tensor_shapes(
-    pattern: Pattern, *, batch: int, heads: int, length: int, head_dim: int, global_projections: bool = True
+    pattern: Pattern, *, batch: int, num_heads: int, length: int, head_dim: int, global_projections: bool = True
 ) -> dict[str, tuple[int, ...]]:
     """The shapes of the tensors ``pattern``'s parts take beyond q, k and v, by name, in :data:`TENSOR_NAMES` order:
     global projections (own projections, with ``global_projections``), aggregated keys and values, bias tables."""
     shapes: dict[str, tuple[int, ...]] = {}
     selected = pattern.selected_globals
     if selected is not None and selected.own_projections and global_projections:
-        shapes.update(dict.fromkeys(("global_q", "global_k", "global_v"), (batch, heads, length, head_dim)))
+        shapes.update(dict.fromkeys(("global_q", "global_k", "global_v"), (batch, num_heads, length, head_dim)))
     if pattern.aggregated_globals is not None:
         count = pattern.aggregated_count(length)
-        shapes.update(dict.fromkeys(("aggregated_k", "aggregated_v"), (batch, heads, count, head_dim)))
+        shapes.update(dict.fromkeys(("aggregated_k", "aggregated_v"), (batch, num_heads, count, head_dim)))
     if pattern.bias is not None:
-        shapes["bias_weight"] = (pattern.bias.num_buckets, heads)
+        shapes["bias_weight"] = (pattern.bias.num_buckets, num_heads)
     if pattern.aggregated_bias is not None:
-        shapes["aggregated_bias_weight"] = (pattern.aggregated_bias.num_buckets, heads)
+        shapes["aggregated_bias_weight"] = (pattern.aggregated_bias.num_buckets, num_heads)
     return shapes
 
 
@@ -101,8 +104,18 @@ class AttentionCall:
         return self.q.shape[0]
 
     @property
-    def heads(self) -> int:
+    def num_heads(self) -> int:
         return self.q.shape[1]
+
+    @property
+    def heads(self) -> int:
+        """Deprecated name of :attr:`num_heads`."""
+        warnings.warn(
+            "AttentionCall.heads is renamed num_heads (heads will stop working in a later release)",
+            DeprecationWarning,
+            stacklevel=first_caller_outside_attnreg(),
+        )
+        return self.num_heads
 
     @property
     def length(self) -> int:
@@ -288,7 +301,7 @@ def make_call(
     aggregated_bias_weight = _check_bias("aggregated_bias_weight", aggregated_bias_weight, pattern.aggregated_bias, q)
     keys = length + (0 if aggregated_k is None else aggregated_k.shape[2])
     dropout = make_dropout(
-        dropout_p, dropout_mask, batch=batch, heads=heads, length=length, keys=keys, device=q.device
+        dropout_p, dropout_mask, batch=batch, num_heads=heads, length=length, keys=keys, device=q.device
     )
     return AttentionCall(
         q=q,

@@ -48,7 +48,7 @@ def dense_mask(call: AttentionCall, layout: DenseLayout) -> tuple[torch.Tensor, 
     if call.bias_weight is None and call.aggregated_bias_weight is None and not call.pattern.score_terms:
         return allowed, empty[:, None]
     n, pattern = call.length, call.pattern
-    bias = torch.zeros(allowed.shape[0], call.heads, n, n + call.count, dtype=call.dtype, device=call.device)
+    bias = torch.zeros(allowed.shape[0], call.num_heads, n, n + call.count, dtype=call.dtype, device=call.device)
     if call.bias_weight is not None:
         bias[..., :n] = toeplitz_bias(pattern.bias, call.bias_weight, n)
     if call.aggregated_bias_weight is not None:
@@ -57,7 +57,7 @@ def dense_mask(call: AttentionCall, layout: DenseLayout) -> tuple[torch.Tensor, 
         )
         bias[..., n:] = looked_up.movedim(0, 1)
     for term in pattern.score_terms:
-        bias[..., :n] += term.term(rows[:, None], rows[None, :], call.heads).to(call.dtype)
+        bias[..., :n] += term.term(rows[:, None], rows[None, :], call.num_heads).to(call.dtype)
     return bias.masked_fill(~allowed, float("-inf")), empty[:, None]
 
 
@@ -93,13 +93,13 @@ class DenseSdpaEngine(Engine):
         device = "cuda" if call.device.type == "cuda" else "cpu"
         keys = call.length + call.count
         passes = 2 if call.has_global_projections else 1
-        flops = passes * 4 * call.batch * call.heads * call.length * keys * call.head_dim
+        flops = passes * 4 * call.batch * call.num_heads * call.length * keys * call.head_dim
         tables = (call.bias_weight, call.aggregated_bias_weight)
         has_bias = any(t is not None for t in tables) or bool(call.pattern.score_terms)
         mask_elements = call.batch * call.length * keys
         seconds = flops / _FLOPS[device] + mask_elements / _MASK_ELEMENTS[device]
         if has_bias:
-            seconds += call.heads * mask_elements / _BIAS_ELEMENTS[device]
+            seconds += call.num_heads * mask_elements / _BIAS_ELEMENTS[device]
         if call.requires_grad:
             # A mask that requires grad (a learned bias) sends SDPA to its math kernel, forward and backward.
             seconds *= _GRAD_FACTOR * (2.0 if has_bias else 1.0)

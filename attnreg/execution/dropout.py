@@ -50,11 +50,11 @@ def check_dropout_p(name: str, p: object) -> float:
 
 
 def make_dropout(
-    p: object, keep: torch.Tensor | None, *, batch: int, heads: int, length: int, keys: int, device: torch.device
+    p: object, keep: torch.Tensor | None, *, batch: int, num_heads: int, length: int, keys: int, device: torch.device
 ) -> AttentionDropout | None:
     """The call's dropout from ``attnreg.attention``'s ``dropout_p`` and ``dropout_mask``; ``None`` for none."""
     p = check_dropout_p("dropout_p", p)
-    shape = (batch, heads, length, keys)
+    shape = (batch, num_heads, length, keys)
     if keep is not None:
         require(p > 0, "dropout_mask", describe(keep), "a keep mask needs dropout_p > 0")
         require(

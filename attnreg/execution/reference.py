@@ -27,7 +27,7 @@ def reference_weights(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
     compute = torch.promote_types(call.dtype, torch.float32)  # softmax in fp32 (fp64 stays fp64)
     bias = None
     if call.bias_weight is not None or call.aggregated_bias_weight is not None or call.pattern.score_terms:
-        bias = layout.bias(call.bias_weight, call.aggregated_bias_weight, call.heads).to(compute)
+        bias = layout.bias(call.bias_weight, call.aggregated_bias_weight, call.num_heads).to(compute)
     allowed = layout.allowed[:, None]
 
     def softmax(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,7 @@ class ReferenceEngine(Engine):
         keys = call.length + call.count
         passes = 2 if call.has_global_projections else 1
         # Unfused matmuls plus several elementwise passes over the (n x n) scores: ~5 GFLOP/s effective on CPU.
-        work = passes * call.batch * call.heads * call.length * keys * (4 * call.head_dim + 40)
+        work = passes * call.batch * call.num_heads * call.length * keys * (4 * call.head_dim + 40)
         return work / (5e9 if call.device.type == "cpu" else 5e11)
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:

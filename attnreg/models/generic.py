@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnreg._deprecation import new_names
 from attnreg._validation import PatternError, reject_unknown, require, require_int
 from attnreg.execution.dropout import check_dropout_p
 from attnreg.models.components import Embeddings, decoder_layer, encoder_layer, norm
@@ -129,25 +128,7 @@ def make_config(
 
 def _new_names(fields: dict[str, Any], where: str) -> dict[str, Any]:
     """A copy of ``fields`` under the new names of :data:`RENAMED_FIELDS`, warning once for each old name used."""
-    fields = dict(fields)
-    for old, new in RENAMED_FIELDS.items():
-        if old in fields:
-            require(new not in fields, old, fields[old], f"pass {new} alone ({old} is its old name)")
-            warnings.warn(
-                f"{where}: {old} is renamed {new}; pass {new} ({old} will stop working in a later release)",
-                DeprecationWarning,
-                stacklevel=_first_caller_outside_attnreg(),
-            )
-            fields[new] = fields.pop(old)
-    return fields
-
-
-def _first_caller_outside_attnreg() -> int:
-    """The ``stacklevel`` that points a warning at the caller's code, past attnreg's own frames."""
-    frame, level = sys._getframe(2), 2
-    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "attnreg":
-        frame, level = frame.f_back, level + 1
-    return level
+    return new_names(fields, RENAMED_FIELDS, where)
 
 
 @dataclass

@@ -129,7 +129,7 @@ class PatternAttention(nn.Module):
 
     def _heads(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """``x`` projected by ``weight`` (one matmul) into ``(batch, heads, length, head_dim)`` parts."""
-        return project_heads(x, weight, bias, heads=self.num_heads, head_dim=self.head_dim)
+        return project_heads(x, weight, bias, num_heads=self.num_heads, head_dim=self.head_dim)
 
     def _pattern_inputs(
         self, x: torch.Tensor, attention_mask: torch.Tensor | None, global_mask: torch.Tensor | None

@@ -12,23 +12,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnreg._deprecation import renamed_keywords
 from attnreg._validation import require
 
 
+@renamed_keywords(heads="num_heads")
 def project_heads(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, heads: int, head_dim: int
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, num_heads: int, head_dim: int
 ) -> tuple[torch.Tensor, ...]:
-    """``F.linear(x, weight, bias)`` on ``(batch, length, in)``, cut into ``weight.shape[0] // (heads · head_dim)``
-    parts, each a ``(batch, heads, length, head_dim)`` view."""
+    """``F.linear(x, weight, bias)`` on ``(batch, length, in)``, cut into ``weight.shape[0] // (num_heads ·
+    head_dim)`` parts, each a ``(batch, num_heads, length, head_dim)`` view."""
     require(
-        weight.dim() == 2 and weight.shape[0] % (heads * head_dim) == 0,
+        weight.dim() == 2 and weight.shape[0] % (num_heads * head_dim) == 0,
         "weight.shape",
         tuple(weight.shape),
-        f"expected (parts * heads * head_dim, in) with heads={heads}, head_dim={head_dim}",
+        f"expected (parts * num_heads * head_dim, in) with num_heads={num_heads}, head_dim={head_dim}",
     )
     batch, length, _ = x.shape
-    parts = weight.shape[0] // (heads * head_dim)
-    packed = F.linear(x, weight, bias).view(batch, length, parts, heads, head_dim)
+    parts = weight.shape[0] // (num_heads * head_dim)
+    packed = F.linear(x, weight, bias).view(batch, length, parts, num_heads, head_dim)
     return tuple(packed.permute(2, 0, 3, 1, 4).unbind(0))
 
 
@@ -51,12 +53,13 @@ def fusable(module: nn.Module) -> bool:
     return type(module) is nn.Linear and not any(hooks) and not nn.modules.module._global_forward_pre_hooks
 
 
+@renamed_keywords(heads="num_heads")
 def project_linears(
-    x: torch.Tensor, linears: Sequence[nn.Module], *, heads: int, head_dim: int
+    x: torch.Tensor, linears: Sequence[nn.Module], *, num_heads: int, head_dim: int
 ) -> tuple[torch.Tensor, ...]:
-    """Each of ``linears`` on ``x`` ``(batch, length, in)`` as ``(batch, heads, length, head_dim)`` views: one matmul
-    when all are plain ``nn.Linear`` (see :func:`fusable`), else each module called as it is."""
+    """Each of ``linears`` on ``x`` ``(batch, length, in)`` as ``(batch, num_heads, length, head_dim)`` views: one
+    matmul when all are plain ``nn.Linear`` (see :func:`fusable`), else each module called as it is."""
     if all(fusable(linear) for linear in linears):
-        return project_heads(x, *stacked(linears), heads=heads, head_dim=head_dim)
+        return project_heads(x, *stacked(linears), num_heads=num_heads, head_dim=head_dim)
     batch, length, _ = x.shape
-    return tuple(linear(x).view(batch, length, heads, head_dim).transpose(1, 2) for linear in linears)
+    return tuple(linear(x).view(batch, length, num_heads, head_dim).transpose(1, 2) for linear in linears)

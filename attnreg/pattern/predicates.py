@@ -64,12 +64,13 @@ class MaskPart:
 
 
 class ScoreTerm:
-    """Base of score parts: a frozen dataclass with a registered ``kind`` whose ``term(i, j, heads)`` is added to the
-    scaled scores, ``(heads, *broadcast(i, j))`` in fp32, for token keys."""
+    """Base of score parts: a frozen dataclass with a registered ``kind`` whose ``term(i, j, num_heads)`` is added to
+    the scaled scores, ``(num_heads, *broadcast(i, j))`` in fp32, for token keys (engines pass the arguments by
+    position)."""
 
     kind: ClassVar[str] = ""
 
-    def term(self, i: torch.Tensor, j: torch.Tensor, heads: int) -> torch.Tensor:
+    def term(self, i: torch.Tensor, j: torch.Tensor, num_heads: int) -> torch.Tensor:
         raise NotImplementedError
 
 

@@ -11,13 +11,13 @@ import torch
 from attnreg.pattern.predicates import ScoreTerm, register_part
 
 
-def alibi_slopes(heads: int) -> torch.Tensor:
-    """The ALiBi paper's slopes ``(heads,)``: ``2**(-8 h / n)`` for a power of two ``n``; otherwise those of the
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """The ALiBi paper's slopes ``(num_heads,)``: ``2**(-8 h / n)`` for a power of two ``n``; otherwise those of the
     largest power of two below, then every other slope of twice that many (the paper's rule)."""
-    closest = 2 ** math.floor(math.log2(heads))
+    closest = 2 ** math.floor(math.log2(num_heads))
     base = [2 ** (-8 * (h + 1) / closest) for h in range(closest)]
-    if closest < heads:
-        base += [2 ** (-8 * (h + 1) / (2 * closest)) for h in range(2 * closest)][0::2][: heads - closest]
+    if closest < num_heads:
+        base += [2 ** (-8 * (h + 1) / (2 * closest)) for h in range(2 * closest)][0::2][: num_heads - closest]
     return torch.tensor(base, dtype=torch.float64)
 
 
@@ -28,7 +28,7 @@ class ALiBi(ScoreTerm):
 
     kind: ClassVar[str] = "alibi"
 
-    def term(self, i: torch.Tensor, j: torch.Tensor, heads: int) -> torch.Tensor:
+    def term(self, i: torch.Tensor, j: torch.Tensor, num_heads: int) -> torch.Tensor:
         distance = (i - j).abs().to(torch.float32)
-        slopes = alibi_slopes(heads).to(device=distance.device, dtype=torch.float32)
+        slopes = alibi_slopes(num_heads).to(device=distance.device, dtype=torch.float32)
         return -slopes.view(-1, *([1] * distance.dim())) * distance

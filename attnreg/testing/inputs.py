@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from attnreg._deprecation import renamed_keywords
 from attnreg.execution.call import as_keywords, part_tensor_shapes
 from attnreg.pattern.spec import Pattern
 
@@ -95,12 +96,13 @@ def global_masks(attention_mask: torch.Tensor, generator: torch.Generator) -> to
     return mask.to(attention_mask.device) & attention_mask
 
 
+@renamed_keywords(heads="num_heads")
 def make_inputs(
     pattern: Pattern,
     *,
     batch: int,
     length: int,
-    heads: int = 2,
+    num_heads: int = 2,
     head_dim: int = 8,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
@@ -119,7 +121,7 @@ def make_inputs(
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
 
-    shape = (batch, heads, length, head_dim)
+    shape = (batch, num_heads, length, head_dim)
     tensors = {name: randn(*shape) for name in ("q", "k", "v")}
     if padding:
         attention_mask = padding_masks(batch, length, all_padding_row=all_padding_row, device=device)
@@ -128,9 +130,9 @@ def make_inputs(
     global_mask = None
     if pattern.selected_globals is not None:
         global_mask = global_masks(attention_mask, generator)
-    parts = part_tensor_shapes(pattern, batch=batch, heads=heads, length=length, head_dim=head_dim)
+    parts = part_tensor_shapes(pattern, batch=batch, num_heads=num_heads, length=length, head_dim=head_dim)
     tensors.update({name: randn(*part_shape) for name, part_shape in parts.items()})
-    key = (pattern, batch, length, heads, head_dim, dtype, str(device), padding, all_padding_row, seed)
+    key = (pattern, batch, length, num_heads, head_dim, dtype, str(device), padding, all_padding_row, seed)
     return Inputs(pattern, tensors, attention_mask, global_mask, key)
 
 

@@ -51,7 +51,7 @@ def peak_bytes(ctx: Context, length: int) -> int:
         ctx.pattern,
         batch=1,
         length=length,
-        heads=2,
+        num_heads=2,
         head_dim=16,
         dtype=torch.float32,
         device=ctx.device,

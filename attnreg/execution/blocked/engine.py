@@ -66,7 +66,7 @@ def blocked_flops(call: AttentionCall) -> int:
     if call.pattern.selected_globals is not None and call.global_mask is not None:
         keys += 2 * call.length  # one global token as the typical case; the dispatcher needs a rough figure
     keys += call.length * call.count
-    return 4 * call.batch * call.heads * call.head_dim * keys
+    return 4 * call.batch * call.num_heads * call.head_dim * keys
 
 
 class BlockedEngine(Engine):

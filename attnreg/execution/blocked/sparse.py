@@ -241,6 +241,6 @@ def _bias(call: AttentionCall, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor
     if call.bias_weight is not None:
         bias = call.pattern.bias.lookup(table_dtype(call.bias_weight), j - i).movedim(0, 1)
     for term in call.pattern.score_terms:
-        values = term.term(i, j, call.heads).movedim(0, 1)
+        values = term.term(i, j, call.num_heads).movedim(0, 1)
         bias = values if bias is None else bias + values
     return bias

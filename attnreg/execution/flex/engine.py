@@ -70,7 +70,7 @@ def _token_table(call: AttentionCall) -> torch.Tensor | None:
         buckets = cached(("flex-buckets", term, length, str(device)), lambda: _offsets_of(term.bucket, length, device))
         table = table_dtype(call.bias_weight)[buckets].t()
     for term in call.pattern.score_terms:
-        values = cached(("flex-term", term, length, call.heads, str(device)), lambda t=term: _term_table(t, call))
+        values = cached(("flex-term", term, length, call.num_heads, str(device)), lambda t=term: _term_table(t, call))
         table = values if table is None else table + values
     return None if table is None else table.contiguous()
 
@@ -82,7 +82,7 @@ def _offsets_of(function, length: int, device: torch.device) -> torch.Tensor:
 def _term_table(term: ScoreTerm, call: AttentionCall) -> torch.Tensor:
     """``(heads, 2 * length - 1)``: ``term`` at query 0 and each offset (read as ``term(0, j - i)``)."""
     offsets = torch.arange(1 - call.length, call.length, device=call.device)
-    return term.term(torch.zeros_like(offsets), offsets, call.heads).float()
+    return term.term(torch.zeros_like(offsets), offsets, call.num_heads).float()
 
 
 def is_relative(term: ScoreTerm, length: int, heads: int) -> bool:
@@ -207,7 +207,7 @@ class FlexEngine(Engine):
         if call.device.type == "cuda" and call.head_dim < 16:
             reasons.append(f"head_dim={call.head_dim}: FlexAttention's CUDA kernels need at least 16")
         for term in call.pattern.score_terms:
-            if not is_relative(term, call.length, call.heads):
+            if not is_relative(term, call.length, call.num_heads):
                 reasons.append(f"score term {term.kind!r} is not a function of j - i alone (flex reads it by offset)")
         return reasons
 
@@ -218,7 +218,7 @@ class FlexEngine(Engine):
     def estimated_cost(self, call: AttentionCall) -> float:
         device = "cuda" if call.device.type == "cuda" else "cpu"
         rate = _CPU_RATE if device == "cpu" else _CUDA_RATE.get(call.dtype, _CUDA_RATE[torch.float32])
-        flops = 4 * call.batch * call.heads * call.head_dim * visited_pairs(call)
+        flops = 4 * call.batch * call.num_heads * call.head_dim * visited_pairs(call)
         factor = _GRAD_FACTOR if call.requires_grad else 1.0
         compiling = device == "cpu" and not torch.compiler.is_compiling() and _shape_key(call) not in _COMPILED
         return _OVERHEAD_S[device] + factor * flops / rate + (_CPU_COMPILE_S if compiling else 0.0)

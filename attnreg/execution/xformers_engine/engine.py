@@ -81,7 +81,7 @@ class XformersEngine(Engine):
     def estimated_cost(self, call: AttentionCall) -> float:
         rows, groups, _, span = block_layout(call)
         keys = span + call.count
-        pairs = call.batch * call.heads * groups * rows * keys
+        pairs = call.batch * call.num_heads * groups * rows * keys
         passes = 2 if call.has_global_projections else 1
         flops = 4 * pairs * call.head_dim * (3 if call.requires_grad else 1)
         bias_bytes = pairs * call.q.element_size() * (2 if call.requires_grad else 1)

@@ -88,7 +88,7 @@ def _placeholder(shape: tuple[int, ...], call: AttentionCall, requires_grad: boo
 
 def shape_inputs(fmha: ModuleType, call: AttentionCall, shape: KernelShape) -> object:
     """The ``fmha.Inputs`` of a kernel call of ``shape``, with placeholder tensors on the call's device."""
-    heads, head_dim = call.heads, call.head_dim
+    heads, head_dim = call.num_heads, call.head_dim
     query = _placeholder((shape.batch, shape.queries, heads, head_dim), call)
     key = _placeholder((shape.batch, shape.keys, heads, head_dim), call)
     bias = (

@@ -206,7 +206,7 @@ def _aligned_bias(call: AttentionCall, runs: list[_Keys], live_rows: torch.Tenso
         values = torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))[:, :, None]
         heads = 1
     else:
-        heads = call.heads
+        heads = call.num_heads
         pieces = []
         for run in runs:
             shape = (heads, batch, groups, rows, run.allowed.shape[-1])
@@ -217,7 +217,7 @@ def _aligned_bias(call: AttentionCall, runs: list[_Keys], live_rows: torch.Tenso
     storage[..., keys:] = float("-inf")
     bias = storage[..., :keys]
     bias.copy_(values.reshape(batch * groups, heads, rows, keys))
-    return bias.expand(-1, call.heads, -1, -1)
+    return bias.expand(-1, call.num_heads, -1, -1)
 
 
 def _kernel_call(

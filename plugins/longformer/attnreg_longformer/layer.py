@@ -106,7 +106,7 @@ class LongformerSelfAttention(nn.Module):
     def _project(self, hidden_states: torch.Tensor, linears: tuple[nn.Module, ...]) -> tuple[torch.Tensor, ...]:
         """``linears`` on ``hidden_states`` (one matmul when they are plain ``nn.Linear``), each ``(batch, heads,
         length, head_dim)``."""
-        return project_linears(hidden_states, linears, heads=self.num_heads, head_dim=self.head_dim)
+        return project_linears(hidden_states, linears, num_heads=self.num_heads, head_dim=self.head_dim)
 
     def _global_queries(self, hidden_states: torch.Tensor, global_mask: torch.Tensor) -> torch.Tensor:
         """``query_global`` of the global rows ``(batch, heads, length, head_dim)``; other rows are never read.

@@ -108,7 +108,7 @@ class _AttnregLongT5Attention:
     def _project(self, states: torch.Tensor, linears: tuple[torch.nn.Module, ...]) -> tuple[torch.Tensor, ...]:
         """``linears`` on ``states`` (one matmul when they are plain ``nn.Linear``), each ``(batch, heads, length,
         d_kv)``."""
-        return project_linears(states, linears, heads=self.n_heads, head_dim=self.key_value_proj_dim)
+        return project_linears(states, linears, num_heads=self.n_heads, head_dim=self.key_value_proj_dim)
 
     def _shared_bias(self, position_bias: Any, like: torch.Tensor) -> SharedPositionBias:
         """The tables to use: the ones passed in, this layer's own, or zeros (a layer without a bias table)."""
