@@ -26,6 +26,7 @@ from attnreg.pattern import (
     Window,
     register_part,
 )
+from attnreg.execution.non_finite import check_non_finite
 from attnreg.pinning import backend
 from attnreg.registry import (
     ConflictError,
@@ -77,6 +78,7 @@ __all__ = [
     "attention",
     "attention_weights",
     "backend",
+    "check_non_finite",
     "build",
     "get_pattern",
     "get_registry",

@@ -7,16 +7,20 @@ left is a real key hidden from some queries by the pattern. When the keys and va
 engine runs on cleaned inputs, and a second, gradient-free run of the same engine on an indicator of the bad keys
 finds the rows that see one: those rows are NaN, the others exact.
 
-Finding out whether any key is bad is a read: free on the CPU, one device sync per call on an accelerator, and
-impossible while ``torch.compile`` traces or a CUDA graph is captured; there only the padded keys are cleaned. Why
-not poison the bad keys and let the kernel spread NaN to the rows that see them, with no read: kernels do not
-promise to propagate NaN (compiled FlexAttention on the CPU drops a NaN key's score even from the rows that see it).
+Finding out whether any key is bad is a read. On the CPU it is free and always done. On an accelerator it would be a
+device sync per call, which the fast paths never make (they run with no host sync at all, for CUDA graphs and
+overlap), and under ``torch.compile`` it would be a graph break. So there only the padded keys are cleaned, unless
+:func:`check_non_finite` asks for the read. Why not poison the bad keys and let the kernels spread NaN to the rows that
+see them, with no read: kernels do not promise to propagate NaN (compiled FlexAttention on the CPU drops a NaN key's
+score even from the rows that see it).
 
 Gradients are not contained: with a non-finite input the reference's own backward spreads NaN to every row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -24,6 +28,26 @@ import torch
 from attnreg.execution import host
 from attnreg.execution.call import AttentionCall
 from attnreg.execution.engine import Engine
+
+#: How many ``check_non_finite()`` blocks enclose the running code (process-wide, like ``attnreg.backend``).
+_CHECKING: list[None] = []
+
+
+@contextmanager
+def check_non_finite() -> Iterator[None]:
+    """Inside the block, every attnreg call reads whether a key or value is NaN or Inf, on every device, so that one
+    reaches only the rows that see it there too (on the CPU this always happens, for free).
+
+    The price, on an accelerator: one device sync per call (an error while a CUDA graph is captured); under
+    ``torch.compile``, a graph break at each call (an error with ``fullgraph=True``). Meant for debugging a
+    divergence, as ``torch.autograd.detect_anomaly`` is.
+    """
+    _CHECKING.append(None)
+    try:
+        yield
+    finally:
+        _CHECKING.pop()
+
 
 #: The key and value tensors of a call, by the query set that reads them.
 _KEY_VALUES = (("k", "v"), ("global_k", "global_v"), ("aggregated_k", "aggregated_v"))
@@ -87,7 +111,7 @@ def _probed(engine: Engine, call: AttentionCall, bad: dict[str, torch.Tensor]) -
 
 def contained(engine: Engine, call: AttentionCall) -> torch.Tensor:
     """``engine(call)``, a non-finite key or value making NaN only the rows that see it (see the module docstring)."""
-    if not host.readable(call.k):
+    if not (_CHECKING or host.host_readable(call.k)):
         return engine(call)
     bad = _bad_keys(call)
     return _probed(engine, call, bad) if _any(bad) else engine(call)
