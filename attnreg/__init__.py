@@ -2,6 +2,7 @@
 
 from attnreg import validation
 from attnreg.execution import AttentionCall, BackendUnavailableError, Engine
+from attnreg.execution.non_finite import check_non_finite
 from attnreg.functional import attention, attention_weights
 from attnreg.models import build, list_builders
 from attnreg.nn import MultiheadPatternAttention, PatternAttention, swap
@@ -26,7 +27,6 @@ from attnreg.pattern import (
     Window,
     register_part,
 )
-from attnreg.execution.non_finite import check_non_finite
 from attnreg.pinning import backend
 from attnreg.registry import (
     ConflictError,
