@@ -121,3 +121,18 @@ def test_the_probe_runs_only_when_a_key_is_bad(monkeypatch: pytest.MonkeyPatch) 
 def test_cuda_engines_contain_it_under_check_non_finite(engine, tensor, example, key):
     with attnreg.check_non_finite():
         check_contained("window-globals", engine, tensor, example, key, float("nan"), device="cuda")
+
+
+def test_under_torch_compile_check_non_finite_reads_at_a_graph_break() -> None:
+    """Compiled, the read is a graph break, and the block's promise still holds."""
+    pattern = attnreg.Pattern(window=attnreg.Window(4, 4))
+    compiled = torch.compile(lambda q, k, v: attnreg.attention(q, k, v, pattern, backend="blocked"))
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 64, 16, generator=generator) for _ in range(3))
+    v[0, :, 40] = float("nan")
+    torch._dynamo.reset()
+    with attnreg.check_non_finite():
+        out = compiled(q, k, v)
+    torch._dynamo.reset()
+    broken = out[0].isnan().any(dim=-1).any(dim=0)
+    assert broken.nonzero().flatten().tolist() == list(range(36, 45))
