@@ -106,9 +106,12 @@ def test_cached_generation_gives_eagers_tokens(family: str, search: str) -> None
     assert got.shape[1] > ids.shape[1] and torch.equal(got, expected)
 
 
-def test_a_sliding_layer_decodes_over_its_window_not_the_context(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each cached step of a sliding layer sees at most its window of keys; a full layer sees the whole context."""
-    model = make_model("gemma3")
+@pytest.mark.parametrize(("family", "cache"), [("gemma3", "the model's"), ("mistral", "whole context")])
+def test_a_sliding_layer_decodes_over_its_window_not_the_context(family, cache, monkeypatch) -> None:
+    """Each cached step of a sliding layer sees at most its window of keys, whether its cache holds the window (the
+    model's own) or the whole context (a ``DynamicCache()`` made without the config); a full layer sees it all.
+    The tokens are eager's."""
+    model = make_model(family)
     seen: list[tuple[int | None, int]] = []
     step = decoder._cached_step
 
@@ -116,13 +119,18 @@ def test_a_sliding_layer_decodes_over_its_window_not_the_context(monkeypatch: py
         seen.append((mask.window, key.shape[2]))
         return step(query, key, value, mask, options, dropout)
 
+    def generate(model):
+        given = {} if cache == "the model's" else {"cache": transformers.DynamicCache()}
+        return model.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, **given)
+
     monkeypatch.setattr(decoder, "_cached_step", record)
     ids, mask = left_padded(batch=1, length=13)
-    _run(model, "attnreg", lambda m: m.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False))
+    got = _run(model, "attnreg", generate)
     sliding = {keys for window, keys in seen if window == 4}
     full = [keys for window, keys in seen if window is None]
     assert sliding and max(sliding) <= 4
-    assert max(full) == 13 + 19
+    assert max(full, default=13 + 19) == 13 + 19
+    assert torch.equal(got, _run(model, "eager", generate))
 
 
 def test_whole_sequences_run_on_a_linear_engine(caplog: pytest.LogCaptureFixture) -> None:
@@ -206,3 +214,29 @@ def test_bidirectional_encoders_still_run() -> None:
     expected = _run(model, "eager", lambda m: m(ids, attention_mask=mask).last_hidden_state)
     got = _run(model, "attnreg", lambda m: m(ids, attention_mask=mask).last_hidden_state)
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["outside-window", "padded", "seen"])
+def test_a_cached_step_keeps_a_non_finite_key_or_value_in_the_rows_that_see_it(where: str) -> None:
+    """One decode step against 12 cached keys of a sliding layer (window 4) in a left-padded batch: a NaN value
+    outside the window or in the padding leaves the step exact; a NaN key it sees makes its row NaN."""
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 2, 1, 8, generator=generator)
+    key, value = (torch.randn(2, 2, 12, 8, generator=generator) for _ in range(2))
+    padding = torch.ones(2, 12, dtype=torch.bool)
+    padding[1, :3] = False
+    mask = decoder.LayerMask(True, 4, None, None, padding, q_offset=11, kv_offset=0, kv_length=12)
+    options = {"scaling": 8**-0.5}
+    clean, _ = decoder._cached_step(query, key, value, mask, options, 0.0)
+    key, value = key.clone(), value.clone()
+    if where == "outside-window":
+        value[0, :, 5] = float("nan")
+    elif where == "padded":
+        value[1, :, 1] = float("inf")
+    else:
+        key[0, :, 10] = float("nan")
+    out, _ = decoder._cached_step(query, key, value, mask, options, 0.0)
+    if where == "seen":
+        assert out[0].isnan().all() and torch.equal(out[1], clean[1])
+    else:
+        torch.testing.assert_close(out, clean)

@@ -49,6 +49,12 @@ def check_non_finite() -> Iterator[None]:
         _CHECKING.pop()
 
 
+def reads_allowed(x: torch.Tensor) -> bool:
+    """Whether a path may read ``x`` to contain its non-finite numbers: on the CPU outside torch.compile, where it is
+    free, and anywhere inside :func:`check_non_finite`."""
+    return bool(_CHECKING) or host.host_readable(x)
+
+
 #: The key and value tensors of a call, by the query set that reads them.
 _KEY_VALUES = (("k", "v"), ("global_k", "global_v"), ("aggregated_k", "aggregated_v"))
 
@@ -62,6 +68,13 @@ def hide_padded(call: AttentionCall) -> AttentionCall:
     hidden = ~real[:, None, :, None]
     present = [name for name in ("k", "v", "global_k", "global_v") if getattr(call, name) is not None]
     return replace(call, **{name: getattr(call, name).masked_fill(hidden, 0) for name in present})
+
+
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """Whether every element of ``tensors`` is finite, in one cheap read: a sum is finite only if all its terms are
+    (a sum that overflows is a false alarm, which the exact check per key then clears). ``torch.isfinite`` would cost
+    several full passes on the CPU."""
+    return bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float32) for t in tensors])).all())
 
 
 def _bad_keys(call: AttentionCall) -> dict[str, torch.Tensor]:
@@ -111,7 +124,10 @@ def _probed(engine: Engine, call: AttentionCall, bad: dict[str, torch.Tensor]) -
 
 def contained(engine: Engine, call: AttentionCall) -> torch.Tensor:
     """``engine(call)``, a non-finite key or value making NaN only the rows that see it (see the module docstring)."""
-    if not (_CHECKING or host.host_readable(call.k)):
+    if not reads_allowed(call.k):
+        return engine(call)
+    present = [getattr(call, name) for pair in _KEY_VALUES for name in pair if getattr(call, name) is not None]
+    if all_finite(*present):
         return engine(call)
     bad = _bad_keys(call)
     return _probed(engine, call, bad) if _any(bad) else engine(call)

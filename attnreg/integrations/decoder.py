@@ -19,6 +19,8 @@ from transformers.masking_utils import bidirectional_mask_function, causal_mask_
 
 from attnreg._validation import PatternError
 from attnreg.execution.dropout import check_dropout_p
+from attnreg.execution.non_finite import all_finite, reads_allowed
+from attnreg.execution.reference import weighted_values
 from attnreg.functional import attention, attention_weights
 from attnreg.integrations.transformers_bridge import shared_kv_heads
 from attnreg.pattern.parts import Window
@@ -231,6 +233,24 @@ def _whole_sequence(
     return out, probs
 
 
+def _reachable_keys(
+    key: torch.Tensor, value: torch.Tensor, mask: LayerMask
+) -> tuple[torch.Tensor, torch.Tensor, LayerMask]:
+    """The cached keys a sliding layer's queries can reach, from the first query's window on: a cache that holds the
+    whole context (as Mistral's does) then costs a step O(window), not O(context). Unchanged without a window or when
+    the positions are a tensor (a static cache under compile, whose slicing would be data-dependent)."""
+    if mask.window is None or not isinstance(mask.q_offset, int):
+        return key, value, mask
+    first = mask.q_offset - mask.window + 1 - mask.kv_offset
+    if first <= 0:
+        return key, value, mask
+    padding = None if mask.padding is None else mask.padding[:, first:]
+    reachable = dataclasses.replace(
+        mask, kv_offset=mask.kv_offset + first, kv_length=mask.kv_length - first, padding=padding
+    )
+    return key[:, :, first:], value[:, :, first:], reachable
+
+
 def _cached_step(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -239,8 +259,10 @@ def _cached_step(
     options: dict[str, Any],
     dropout: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A step with a cache: the queries against the cached keys their layer allows, in fp32 (the cache of a sliding
-    layer holds its window, so this is O(window) per token)."""
+    """A step with a cache: the queries against the cached keys their layer allows, in fp32 (a sliding layer's step is
+    O(window): its cache holds the window, or :func:`_reachable_keys` cuts it). A non-finite cached key or value
+    reaches only the queries that see it, where :func:`~attnreg.execution.non_finite.reads_allowed` lets it be
+    checked."""
     q_positions = mask.q_offset + torch.arange(query.shape[2], device=query.device)
     k_positions = mask.kv_offset + torch.arange(key.shape[2], device=query.device)
     allowed = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device)[None]
@@ -260,12 +282,16 @@ def _cached_step(
     if sinks is not None:
         sink = sinks.float().view(1, -1, 1, 1).expand(*scores.shape[:3], 1)
         scores = torch.cat([scores, sink], dim=-1)
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a query with no key at all attends to nothing
+    # a query with no key at all attends to nothing; a NaN key it sees still makes its row NaN
+    probs = torch.softmax(scores, dim=-1).masked_fill(~allowed.any(dim=-1)[:, None, :, None], 0.0)
     if sinks is not None:
         probs = probs[..., :-1]
     if dropout:
         probs = F.dropout(probs, p=dropout)
-    return torch.matmul(probs, value.float()).to(query.dtype), probs.to(query.dtype)
+    values = value.float()
+    contain = reads_allowed(values) and not all_finite(values)
+    out = weighted_values(probs, values) if contain else torch.matmul(probs, values)
+    return out.to(query.dtype), probs.to(query.dtype)
 
 
 def decoder_attention(
@@ -294,5 +320,7 @@ def decoder_attention(
         weights_asked = bool(options.get("output_attentions"))
         out, weights = _whole_sequence(query, key, value, mask, options, dropout, weights_asked)
     else:
+        if not options.get("output_attentions"):
+            key, value, mask = _reachable_keys(key, value, mask)
         out, weights = _cached_step(query, key, value, mask, options, dropout)
     return out.transpose(1, 2).contiguous(), weights
