@@ -7,7 +7,8 @@ left is a real key hidden from some queries by the pattern. When the keys and va
 engine runs on cleaned inputs, and a second, gradient-free run of the same engine on an indicator of the bad keys
 finds the rows that see one: those rows are NaN, the others exact.
 
-Finding out whether any key is bad is a read. On the CPU it is free and always done. On an accelerator it would be a
+Finding out whether any key is bad is a read (one sum per tensor, :func:`all_finite`). On the CPU it costs no sync
+and is always done. On an accelerator it would be a
 device sync per call, which the fast paths never make (they run with no host sync at all, for CUDA graphs and
 overlap), and under ``torch.compile`` it would be a graph break. So there only the padded keys are cleaned, unless
 :func:`check_non_finite` asks for the read. Why not poison the bad keys and let the kernels spread NaN to the rows that
@@ -36,7 +37,7 @@ _CHECKING: list[None] = []
 @contextmanager
 def check_non_finite() -> Iterator[None]:
     """Inside the block, every attnreg call reads whether a key or value is NaN or Inf, on every device, so that one
-    reaches only the rows that see it there too (on the CPU this always happens, for free).
+    reaches only the rows that see it there too (on the CPU this always happens: the read costs no sync there).
 
     The price, on an accelerator: one device sync per call (an error while a CUDA graph is captured); under
     ``torch.compile``, a graph break at each call (an error with ``fullgraph=True``). Meant for debugging a
@@ -50,8 +51,8 @@ def check_non_finite() -> Iterator[None]:
 
 
 def reads_allowed(x: torch.Tensor) -> bool:
-    """Whether a path may read ``x`` to contain its non-finite numbers: on the CPU outside torch.compile, where it is
-    free, and anywhere inside :func:`check_non_finite`."""
+    """Whether a path may read ``x`` to contain its non-finite numbers: on the CPU outside torch.compile, where that
+    costs no sync, and anywhere inside :func:`check_non_finite`."""
     return bool(_CHECKING) or host.host_readable(x)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import torch
+
 from attnreg.pattern.predicates import use_part_kinds
 from attnreg.pattern.spec import Pattern
 from attnreg.registry.hookspecs import hookimpl, hookspec
@@ -50,9 +52,16 @@ _registry: Registry | None = None
 
 def get_registry() -> Registry:
     """The process-wide registry, loading the entry points on first use."""
-    global _registry
     if _registry is not None:  # no lock once loaded: torch.compile traces this read, not a lock
         return _registry
+    return _load()
+
+
+@torch.compiler.disable
+def _load() -> Registry:
+    """Load the registry once, eagerly even when the first use is inside a compiled function: importing plugins
+    there would have torch.compile try to trace every function their imports run (transformers' model classes)."""
+    global _registry
     with _lock:
         if _registry is None:
             _registry = Registry.load()

@@ -14,6 +14,7 @@ from attnreg.execution.call import AttentionCall, slot_count_reasons
 from attnreg.execution.engine import Engine
 from attnreg.execution.flex.layout import FlexLayout, build_layout
 from attnreg.execution.flex.mods import BLOCK, Side, score_mod
+from attnreg.execution.memo import remember
 from attnreg.pattern.predicates import EMPTY, ScoreTerm, coverage_table
 
 _FLOATS = frozenset({torch.float32, torch.bfloat16, torch.float16})
@@ -26,8 +27,10 @@ _OVERHEAD_S = {"cpu": 2e-3, "cuda": 1e-4}
 #: Compiling a new shape on a CPU: seconds, counted in the estimate until that shape has run once (so the dispatcher
 #: does not start a compile for a call another engine runs now; on CUDA the compile is amortised, as with any flex use).
 _CPU_COMPILE_S = 5.0
-#: The shapes compiled in this process: ``(q shape, dtype, pattern)``.
-_COMPILED: set[tuple] = set()
+#: The shapes compiled in this process, ``(q shape, dtype, pattern)`` (the latest :data:`_MEMO_LIMIT`).
+_COMPILED: dict[tuple, bool] = {}
+#: Entries each memo of this module keeps (:func:`attnreg.execution.memo.remember`).
+_MEMO_LIMIT = 256
 #: Backward: about 2.5 times the forward's work.
 _GRAD_FACTOR = 3.5
 #: Compiled graphs kept per compiled function: one per shape, dtype and set of parts (torch's default, 8, would fall
@@ -160,7 +163,7 @@ def flex_attention_call(call: AttentionCall) -> torch.Tensor:
 
 
 #: Non-empty blocks of a mask part at a length, as Python ints: read while torch.compile traces, where counting the
-#: coverage table would be a tensor read back (a graph break).
+#: coverage table would be a tensor read back (a graph break); the latest :data:`_MEMO_LIMIT`.
 _BLOCKS_VISITED: dict[tuple, int] = {}
 
 
@@ -175,11 +178,13 @@ def _visited_blocks(call: AttentionCall) -> int:
         return sum(b - a + 1 for a, b in zip(first, last, strict=True))
     part = token_mask(call)
     key = (part, length)
-    if key not in _BLOCKS_VISITED:
-        if torch.compiler.is_compiling():
-            return blocks * blocks
-        _BLOCKS_VISITED[key] = int((coverage_table(part, length, BLOCK) > EMPTY).sum())
-    return _BLOCKS_VISITED[key]
+    if key not in _BLOCKS_VISITED and torch.compiler.is_compiling():
+        return blocks * blocks
+
+    def count() -> int:
+        return int((coverage_table(part, length, BLOCK) > EMPTY).sum())
+
+    return remember(_BLOCKS_VISITED, key, count, _MEMO_LIMIT)
 
 
 def visited_pairs(call: AttentionCall) -> int:
@@ -225,7 +230,7 @@ class FlexEngine(Engine):
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:
         out = flex_attention_call(call)
-        _COMPILED.add(_shape_key(call))
+        remember(_COMPILED, _shape_key(call), lambda: True, _MEMO_LIMIT)
         return out
 
 
