@@ -251,18 +251,20 @@ def _reachable_keys(
     return key[:, :, first:], value[:, :, first:], reachable
 
 
-def _cached_step(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    mask: LayerMask,
-    options: dict[str, Any],
-    dropout: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A step with a cache: the queries against the cached keys their layer allows, in fp32 (a sliding layer's step is
-    O(window): its cache holds the window, or :func:`_reachable_keys` cuts it). A non-finite cached key or value
-    reaches only the queries that see it, where :func:`~attnreg.execution.non_finite.reads_allowed` lets it be
-    checked."""
+def _sees_every_key(query: torch.Tensor, key: torch.Tensor, mask: LayerMask) -> bool:
+    """Whether every query of this step sees every cached key, known from the positions alone (a decoding step
+    without padding or chunks over a cache that holds, or was cut to, its window): then it needs no mask."""
+    if mask.padding is not None or mask.chunk is not None or not isinstance(mask.q_offset, int):
+        return False
+    first_query, last_query = mask.q_offset, mask.q_offset + query.shape[2] - 1
+    first_key, last_key = mask.kv_offset, mask.kv_offset + key.shape[2] - 1
+    causal_ok = not mask.causal or last_key <= first_query
+    window_ok = mask.window is None or first_key > last_query - mask.window
+    return causal_ok and window_ok
+
+
+def _step_mask(query: torch.Tensor, key: torch.Tensor, mask: LayerMask) -> torch.Tensor:
+    """``(batch or 1, queries, keys)``: True where a query of this cached step sees a cached key."""
     q_positions = mask.q_offset + torch.arange(query.shape[2], device=query.device)
     k_positions = mask.kv_offset + torch.arange(key.shape[2], device=query.device)
     allowed = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device)[None]
@@ -274,6 +276,38 @@ def _cached_step(
         allowed = allowed & (chunk_ids(mask, q_positions)[:, :, None] == chunk_ids(mask, k_positions)[:, None, :])
     if mask.padding is not None:
         allowed = allowed & mask.padding[:, None, :]
+    return allowed
+
+
+def _cached_step(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: LayerMask,
+    options: dict[str, Any],
+    dropout: float,
+    weights_asked: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A step with a cache: the queries against the cached keys their layer allows (a sliding layer's step is
+    O(window): its cache holds the window, or :func:`_reachable_keys` cuts it).
+
+    One fused SDPA call, unless the step needs what SDPA cannot give: the weights, softcap or sink logits. Where
+    reads are allowed (:func:`~attnreg.execution.non_finite.reads_allowed`), a non-finite output means a non-finite
+    cached key or value, which SDPA's masking spreads to queries that do not see it: the step then runs explicitly,
+    in fp32, keeping it to the queries that see it, as the reference does."""
+    plain = not (weights_asked or options.get("softcap") is not None or options.get("s_aux") is not None)
+    if plain and _sees_every_key(query, key, mask):
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=options["scaling"])
+        if not reads_allowed(out) or all_finite(out):
+            return out, None
+    allowed = _step_mask(query, key, mask)
+    empty = ~allowed.any(dim=-1)[:, None, :, None]  # a query with no key at all attends to nothing
+    if plain:
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=allowed[:, None], dropout_p=dropout, scale=options["scaling"]
+        ).masked_fill(empty, 0.0)
+        if not reads_allowed(out) or all_finite(out):
+            return out, None
     scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * options["scaling"]
     if options.get("softcap") is not None:
         scores = options["softcap"] * torch.tanh(scores / options["softcap"])
@@ -282,15 +316,15 @@ def _cached_step(
     if sinks is not None:
         sink = sinks.float().view(1, -1, 1, 1).expand(*scores.shape[:3], 1)
         scores = torch.cat([scores, sink], dim=-1)
-    # a query with no key at all attends to nothing; a NaN key it sees still makes its row NaN
-    probs = torch.softmax(scores, dim=-1).masked_fill(~allowed.any(dim=-1)[:, None, :, None], 0.0)
+    probs = torch.softmax(scores, dim=-1).masked_fill(empty, 0.0)  # a NaN key a query sees keeps its row NaN
     if sinks is not None:
         probs = probs[..., :-1]
     if dropout:
         probs = F.dropout(probs, p=dropout)
     values = value.float()
-    contain = reads_allowed(values) and not all_finite(values)
-    out = weighted_values(probs, values) if contain else torch.matmul(probs, values)
+    out = torch.matmul(probs, values)
+    if reads_allowed(out) and not all_finite(out):
+        out = weighted_values(probs, values)  # 0 * nan from a value no query sees must not reach its row
     return out.to(query.dtype), probs.to(query.dtype)
 
 
@@ -320,7 +354,8 @@ def decoder_attention(
         weights_asked = bool(options.get("output_attentions"))
         out, weights = _whole_sequence(query, key, value, mask, options, dropout, weights_asked)
     else:
-        if not options.get("output_attentions"):
+        weights_asked = bool(options.get("output_attentions"))
+        if not weights_asked:
             key, value, mask = _reachable_keys(key, value, mask)
-        out, weights = _cached_step(query, key, value, mask, options, dropout)
+        out, weights = _cached_step(query, key, value, mask, options, dropout, weights_asked)
     return out.transpose(1, 2).contiguous(), weights
