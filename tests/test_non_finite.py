@@ -42,7 +42,9 @@ def _run(name: str, engine: str, inputs: dict) -> torch.Tensor:
         return attnreg.attention(inputs["q"], inputs["k"], inputs["v"], PATTERNS[name], backend=engine, **rest)
 
 
-def check_contained(name: str, engine: str, tensor: str, example: int, key: int, bad: float, device: str = "cpu"):
+def check_contained(
+    name: str, engine: str, tensor: str, example: int, key: int, bad: float, device: str = "cpu"
+) -> None:
     """Put ``bad`` in ``tensor`` at one key (every head) and compare with the clean run: the rows that see the key,
     and only those, are not finite; every other row is unchanged."""
     inputs = _inputs(name, device)
@@ -62,6 +64,15 @@ def check_contained(name: str, engine: str, tensor: str, example: int, key: int,
     for row in (0, 1):
         keep = ~sees[row]
         torch.testing.assert_close(out[row][:, keep], clean[row][:, keep], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+@pytest.mark.parametrize("tensor", ["k", "v"])
+@pytest.mark.parametrize(("example", "key"), CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_a_non_finite_key_or_value_reaches_only_the_rows_that_see_it(engine, name, tensor, example, key, bad):
+    check_contained(name, engine, tensor, example, key, bad)
 
 
 @pytest.fixture
@@ -95,7 +106,7 @@ def test_only_check_non_finite_reads_the_data_where_that_costs_a_sync(accelerato
     assert not reads  # the fast path makes no host sync
     with attnreg.check_non_finite():
         _run("window", "blocked", inputs)
-    assert len(reads) == 1  # one read per call, whatever the number of key sets
+    assert len(reads) == 1  # one read per call while every key is finite
 
 
 def test_the_probe_runs_only_when_a_key_is_bad(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,3 +147,49 @@ def test_under_torch_compile_check_non_finite_reads_at_a_graph_break() -> None:
     torch._dynamo.reset()
     broken = out[0].isnan().any(dim=-1).any(dim=0)
     assert broken.nonzero().flatten().tolist() == list(range(36, 45))
+
+
+@pytest.mark.parametrize("engine", ["reference", "blocked", "dense-sdpa"])
+def test_a_far_key_that_alibi_weighs_to_nothing_is_still_seen(engine: str) -> None:
+    """ALiBi gives key 0 a weight that underflows to 0 for the last queries of 1800 (slope 1/16 in head 0), yet they
+    see it: their rows are NaN, as the dense definition's (a NaN score) are."""
+    pattern = attnreg.get_pattern("sliding-window", left=1800, right=0, alibi=True)
+    q, k, v = torch.randn(3, 1, 2, 1800, 8, generator=torch.Generator().manual_seed(0))
+    k[0, :, 0] = float("nan")
+    with torch.no_grad():
+        out = attnreg.attention(q, k, v, pattern, backend=engine)
+    assert out.isnan().any(dim=-1).all()
+
+
+@pytest.mark.parametrize("engine", ["reference", "blocked"])
+def test_gradients_stay_finite_and_the_other_rows_give_those_of_the_clean_keys(engine: str) -> None:
+    """A NaN value in a real key, the NaN rows left out of the loss: every gradient is finite and equals the one of
+    the same loss with that value zeroed (the bad key itself gets none)."""
+    inputs = _inputs("window")
+    leaves = {name: inputs[name].clone().requires_grad_() for name in ("q", "k", "v")}
+    bad_v = leaves["v"].detach().clone()
+    bad_v[0, :, 75] = float("nan")
+    layout = PATTERNS["window"].materialize(LENGTH, inputs["attention_mask"])
+    keep = ~layout.allowed[:, :, 75]  # (batch, queries): 0's rows that see key 75 are NaN
+    keep[1] = True
+    weight = keep[:, None, :, None].float()
+
+    def gradients(v: torch.Tensor, zero_key: bool) -> list[torch.Tensor]:
+        values = v.clone()
+        if zero_key:
+            values[0, :, 75] = 0.0
+        values = leaves["v"] + (values - leaves["v"]).detach()  # the values asked for, gradients to leaves["v"]
+        out = attnreg.attention(leaves["q"], leaves["k"], values, PATTERNS["window"], backend=engine,
+                                attention_mask=inputs["attention_mask"])
+        (out.nan_to_num(0.0) * weight).sum().backward()
+        found = [leaves[name].grad.clone() for name in ("q", "k", "v")]
+        for tensor in leaves.values():
+            tensor.grad = None
+        return found
+
+    got = gradients(bad_v, zero_key=False)
+    expected = gradients(leaves["v"].detach(), zero_key=True)
+    expected[2][0, :, 75] = 0.0  # the bad key gets no gradient
+    for name, want, have in zip("qkv", expected, got, strict=True):
+        assert torch.isfinite(have).all(), name
+        torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5, msg=name)

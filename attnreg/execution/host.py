@@ -5,10 +5,6 @@ of rows that are never read). On an accelerator the read would stall the stream,
 tracing it would be data-dependent control flow, so there they take the path that needs no read. (Other tensor
 subclasses that cannot be read, such as fake tensors outside ``torch.compile`` or ``vmap``'s batched tensors, are not
 detected: the read raises there.)
-
-A read that correctness needs (:mod:`attnreg.execution.non_finite` on an engine that cannot do without it) asks
-:func:`readable` instead: on an accelerator it is allowed, at the price of one device sync, except while a CUDA
-graph is being captured.
 """
 
 from __future__ import annotations
@@ -24,11 +20,3 @@ def eager_on_cpu(x: torch.Tensor) -> bool:
 def host_readable(x: torch.Tensor) -> bool:
     """Whether ``x``'s values may be read back to decide what to compute (see the module's docstring)."""
     return eager_on_cpu(x)
-
-
-def readable(x: torch.Tensor) -> bool:
-    """Whether ``x``'s values can be read at all: outside ``torch.compile``, tracing and CUDA-graph capture (on an
-    accelerator the read waits for the device)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    return not (x.device.type == "cuda" and torch.cuda.is_current_stream_capturing())

@@ -15,7 +15,8 @@ overlap), and under ``torch.compile`` it would be a graph break. So there only t
 see them, with no read: kernels do not promise to propagate NaN (compiled FlexAttention on the CPU drops a NaN key's
 score even from the rows that see it).
 
-Gradients are not contained: with a non-finite input the reference's own backward spreads NaN to every row.
+Gradients: the NaN rows pass none back (``masked_fill``) and a bad key receives none (``torch.where``); the other
+gradients are those of the cleaned inputs. Without the read they follow the kernels' arithmetic.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def check_non_finite() -> Iterator[None]:
     """Inside the block, every attnreg call reads whether a key or value is NaN or Inf, on every device, so that one
     reaches only the rows that see it there too (on the CPU this always happens: the read costs no sync there).
 
-    The price, on an accelerator: one device sync per call (an error while a CUDA graph is captured); under
-    ``torch.compile``, a graph break at each call (an error with ``fullgraph=True``). Meant for debugging a
-    divergence, as ``torch.autograd.detect_anomaly`` is.
+    The price, on an accelerator: a device sync per call (two when a key is bad; an error while a CUDA graph is
+    captured); under ``torch.compile``, a graph break at each call (an error with ``fullgraph=True``). Meant for
+    debugging a divergence, as ``torch.autograd.detect_anomaly`` is.
     """
     _CHECKING.append(None)
     try:
@@ -78,13 +79,17 @@ def all_finite(*tensors: torch.Tensor) -> bool:
     return bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float32) for t in tensors])).all())
 
 
+def _key_sets(call: AttentionCall) -> list[tuple[str, str]]:
+    """The names of the key and value tensors ``call`` has (tokens, global projections, aggregated tokens)."""
+    return [(key_name, value_name) for key_name, value_name in _KEY_VALUES if getattr(call, key_name) is not None]
+
+
 def _bad_keys(call: AttentionCall) -> dict[str, torch.Tensor]:
     """Per key tensor name, ``(batch, heads, keys)``: True where the key or its value is not finite (no read)."""
     found = {}
-    for key_name, value_name in _KEY_VALUES:
+    for key_name, value_name in _key_sets(call):
         key, value = getattr(call, key_name), getattr(call, value_name)
-        if key is not None:
-            found[key_name] = ~(torch.isfinite(key).all(dim=-1) & torch.isfinite(value).all(dim=-1))
+        found[key_name] = ~(torch.isfinite(key).all(dim=-1) & torch.isfinite(value).all(dim=-1))
     return found
 
 
@@ -97,29 +102,36 @@ def _cleaned(call: AttentionCall, bad: dict[str, torch.Tensor]) -> AttentionCall
     """``call`` with each bad key and its value set to zero."""
     zero = torch.zeros((), dtype=call.dtype, device=call.device)
     changed = {}
-    for key_name, value_name in _KEY_VALUES:
-        if key_name in bad:
-            hidden = bad[key_name][..., None]
-            changed[key_name] = torch.where(hidden, zero, getattr(call, key_name))
-            changed[value_name] = torch.where(hidden, zero, getattr(call, value_name))
+    for key_name, value_name in _key_sets(call):
+        hidden = bad[key_name][..., None]
+        changed[key_name] = torch.where(hidden, zero, getattr(call, key_name))
+        changed[value_name] = torch.where(hidden, zero, getattr(call, value_name))
     return replace(call, **changed)
 
 
+def _visibility_probe(call: AttentionCall, bad: dict[str, torch.Tensor]) -> AttentionCall:
+    """``call`` made to give each row the mean of ``bad`` over the keys it sees: zero queries and keys, no score
+    terms, softcap or bias (so every visible key weighs exactly ``1 / visible``, however far: ALiBi or a learned bias
+    would underflow a far key's weight to 0), values the indicator of ``bad``, no dropout."""
+    probe = {}
+    for key_name, value_name in _key_sets(call):
+        value = getattr(call, value_name)
+        probe[key_name] = torch.zeros_like(getattr(call, key_name))
+        probe[value_name] = bad[key_name][..., None].to(call.dtype).expand_as(value).contiguous()
+    for name in ("q", "global_q", "bias_weight", "aggregated_bias_weight"):
+        if getattr(call, name) is not None:
+            probe[name] = torch.zeros_like(getattr(call, name))
+    pattern = replace(call.pattern, score_terms=(), softcap=None)
+    return replace(call, **probe, pattern=pattern, prepared=None, dropout=None)
+
+
 def _probed(engine: Engine, call: AttentionCall, bad: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``engine(call)`` on cleaned keys, NaN in the rows that a gradient-free run on an indicator of ``bad`` shows
-    to see a bad key (zero queries and keys: every visible key gets a positive weight)."""
+    """``engine(call)`` on cleaned keys, NaN in the rows that a gradient-free run of :func:`_visibility_probe` shows
+    to see a bad key."""
     clean = _cleaned(call, bad)
     out = engine(clean)
-    probe = {}
-    for key_name, value_name in _KEY_VALUES:
-        if key_name in bad:
-            value = getattr(call, value_name)
-            probe[key_name] = torch.zeros_like(getattr(call, key_name))
-            probe[value_name] = bad[key_name][..., None].to(call.dtype).expand_as(value).contiguous()
-    present = [name for name in ("q", "global_q") if getattr(call, name) is not None]
-    queries = {name: torch.zeros_like(getattr(call, name)) for name in present}
     with torch.no_grad():
-        seen = engine(replace(clean, **probe, **queries, dropout=None)).amax(dim=-1, keepdim=True) > 0
+        seen = engine(_visibility_probe(clean, bad)).amax(dim=-1, keepdim=True) > 0
     return out.masked_fill(seen, float("nan"))
 
 
@@ -127,8 +139,7 @@ def contained(engine: Engine, call: AttentionCall) -> torch.Tensor:
     """``engine(call)``, a non-finite key or value making NaN only the rows that see it (see the module docstring)."""
     if not reads_allowed(call.k):
         return engine(call)
-    present = [getattr(call, name) for pair in _KEY_VALUES for name in pair if getattr(call, name) is not None]
-    if all_finite(*present):
+    if all_finite(*(getattr(call, name) for pair in _key_sets(call) for name in pair)):
         return engine(call)
     bad = _bad_keys(call)
     return _probed(engine, call, bad) if _any(bad) else engine(call)
