@@ -15,9 +15,11 @@ import torch
 
 import attnreg
 import attnreg.nn
+from attnreg.bench.cases import bare_variants
 from attnreg.bench.inputs import random_inputs
 from attnreg.execution.call import make_call, part_tensor_shapes
 from attnreg.models.generic import CONFIG_FILE, build_encoder, build_encoder_decoder
+from attnreg.pattern.scores import alibi_slopes
 from attnreg.testing.inputs import make_inputs
 
 SIZES = {"pattern": "causal", "vocab_size": 12, "d_model": 16, "n_layers": 1, "d_ff": 32, "max_length": 16}
@@ -80,6 +82,7 @@ def test_a_model_saved_under_n_heads_loads_with_a_warning(tmp_path) -> None:
 # --- heads is num_heads in the execution layer too ------------------------------------------------------------------
 
 WINDOW = attnreg.Pattern(window=attnreg.Window(2, 2), bias=attnreg.RelativePositionBias(8, 16))
+BARE = {"batch": 1, "device": torch.device("cpu"), "dtype": torch.float32, "grad": False, "engines": ["reference"]}
 
 
 def _old_heads_calls() -> dict:
@@ -92,6 +95,9 @@ def _old_heads_calls() -> dict:
         "part_tensor_shapes": lambda **kw: part_tensor_shapes(WINDOW, batch=1, length=5, head_dim=3, **kw),
         "make_inputs": lambda **kw: make_inputs(WINDOW, batch=1, length=5, **kw).tensors["q"].shape,
         "random_inputs": lambda **kw: random_inputs(WINDOW, 5, **kw)["q"].shape,
+        "alibi_slopes": lambda **kw: alibi_slopes(**kw),
+        "ALiBi.term": lambda **kw: attnreg.ALiBi().term(torch.arange(3)[:, None], torch.arange(3)[None], **kw),
+        "bare_variants": lambda **kw: [v.label for v in bare_variants(WINDOW, 5, **BARE, **kw)],
     }
 
 
@@ -119,9 +125,10 @@ def test_attention_call_heads_is_num_heads_with_a_warning() -> None:
     assert caught[0].filename == __file__
 
 
-def test_explain_takes_num_heads_and_its_old_name(capsys: pytest.CaptureFixture[str]) -> None:
+def test_explain_takes_num_heads_and_its_old_name_with_a_note(capsys: pytest.CaptureFixture[str]) -> None:
     from attnreg.cli import main
 
-    for option in ("--num-heads", "--heads"):
+    for option, note in (("--num-heads", ""), ("--heads", "attnreg: --heads is renamed --num-heads")):
         assert main(["explain", "longt5-local", "--length", "64", option, "3"]) == 0
-        assert "3 heads" in capsys.readouterr().out
+        out, err = capsys.readouterr()
+        assert "3 heads" in out and note in err and (note or not err)

@@ -285,7 +285,7 @@ def test_list_verbose_shows_each_builders_parameters_and_the_config_fields_it_ta
 
 
 def test_a_builder_whose_config_is_no_dataclass_lists_no_fields():
-    def build(config: dict | None = None, *, pretrained: str | None = None, **overrides): ...
+    def build(device=None, /, config: dict | None = None, *, pretrained: str | None = None, **overrides): ...
 
     def unresolvable(config: NoSuchConfig = None): ...  # noqa: F821 (the plugin's own module lacks the import)
 

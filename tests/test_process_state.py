@@ -11,12 +11,12 @@ from attnreg.execution.flex import engine as flex_engine
 from attnreg.execution.memo import remember
 
 
-def test_a_memo_builds_once_and_forgets_its_oldest_entry_when_full() -> None:
+def test_a_memo_builds_once_and_forgets_its_least_recently_used_entry_when_full() -> None:
     memo: dict = {}
     built = []
-    for key in (1, 2, 1, 3):
+    for key in (1, 2, 1, 3, 1):
         remember(memo, key, lambda key=key: built.append(key) or key * 10, limit=2)
-    assert built == [1, 2, 3] and memo == {2: 20, 3: 30}
+    assert built == [1, 2, 3] and memo == {3: 30, 1: 10}
 
 
 def test_the_engines_memos_stay_bounded_over_many_lengths(monkeypatch) -> None:

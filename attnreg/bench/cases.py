@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 import attnreg
+from attnreg._deprecation import renamed_keywords
 from attnreg.bench.inputs import leaves, random_inputs
 from attnreg.pattern.spec import Pattern
 from attnreg.registry import BenchmarkEntry
@@ -96,6 +97,7 @@ def layer_variants(
         yield Variant(engine, _step(forward, params, grad))
 
 
+@renamed_keywords(heads="num_heads")
 def bare_variants(
     pattern: Pattern,
     length: int,

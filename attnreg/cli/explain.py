@@ -40,13 +40,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
 
 
+class OldSpelling(argparse.Action):
+    """An option under its old name (``--heads`` for ``--num-heads``): it still sets the value, for one release, and
+    says on stderr what to write instead."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        new = "--" + self.dest.replace("_", "-")
+        print(f"attnreg: {option_string} is renamed {new} ({option_string} will stop working)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def call_options(parser: argparse.ArgumentParser) -> None:
     """The options that describe one call: sizes, device, dtype, gradients, global tokens, padding."""
     parser.add_argument("--length", type=int, default=4096, help="sequence length (default: 4096)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
-    parser.add_argument(
-        "--num-heads", "--heads", type=int, default=8, help="attention heads (default: 8; --heads is its old name)"
-    )
+    parser.add_argument("--num-heads", type=int, default=8, help="attention heads (default: 8)")
+    parser.add_argument("--heads", type=int, dest="num_heads", action=OldSpelling, help=argparse.SUPPRESS)
     parser.add_argument("--head-dim", type=int, default=64, help="size of each head (default: 64)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="(default: float32)")

@@ -8,9 +8,11 @@ from typing import ClassVar
 
 import torch
 
+from attnreg._deprecation import renamed_keywords
 from attnreg.pattern.predicates import ScoreTerm, register_part
 
 
+@renamed_keywords(heads="num_heads")
 def alibi_slopes(num_heads: int) -> torch.Tensor:
     """The ALiBi paper's slopes ``(num_heads,)``: ``2**(-8 h / n)`` for a power of two ``n``; otherwise those of the
     largest power of two below, then every other slope of twice that many (the paper's rule)."""
@@ -28,6 +30,7 @@ class ALiBi(ScoreTerm):
 
     kind: ClassVar[str] = "alibi"
 
+    @renamed_keywords(heads="num_heads")
     def term(self, i: torch.Tensor, j: torch.Tensor, num_heads: int) -> torch.Tensor:
         distance = (i - j).abs().to(torch.float32)
         slopes = alibi_slopes(num_heads).to(device=distance.device, dtype=torch.float32)

@@ -113,7 +113,8 @@ class BuilderEntry:
 
     def keyword_parameters(self) -> dict[str, inspect.Parameter]:
         """The builder's parameters that can be passed by keyword (``**overrides`` included), as it declares them."""
-        return {name: p for name, p in inspect.signature(self.builder).parameters.items() if p.kind != p.VAR_POSITIONAL}
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD)
+        return {name: p for name, p in inspect.signature(self.builder).parameters.items() if p.kind in kinds}
 
     def config_fields(self) -> dict[str, inspect.Parameter]:
         """The fields that the dataclass its ``config`` parameter takes declares itself (not those it inherits, such
