@@ -26,6 +26,7 @@ __all__ = [
     "check_like",
     "check_one_of",
     "check_size",
+    "check_tokens",
     "layout",
 ]
 
@@ -89,6 +90,19 @@ def check_embeddings(name: str, embeddings: Any, axes: Sequence[str], *, hidden_
         f"expected {layout([*axes, 'hidden_size'])} with hidden_size={hidden_size}",
     )
     return shape[:-1]
+
+
+def check_tokens(
+    arguments: Mapping[str, Any], ids_name: str, embeddings_name: str, axes: Sequence[str], embedding: nn.Embedding
+) -> tuple[str, tuple[int, ...]]:
+    """Check that exactly one of the token ids ``arguments[ids_name]`` and the input embeddings
+    ``arguments[embeddings_name]`` is given, against ``embedding``'s vocabulary and width; the name given and the
+    shape of ``axes`` it has."""
+    ids, embeddings = arguments.get(ids_name), arguments.get(embeddings_name)
+    given = check_one_of(**{ids_name: ids, embeddings_name: embeddings})
+    if given == ids_name:
+        return given, check_ids(given, ids, axes, vocab_size=embedding.num_embeddings)
+    return given, check_embeddings(given, embeddings, axes, hidden_size=embedding.embedding_dim)
 
 
 def check_size(name: str, value: torch.Tensor, axes: Sequence[str]) -> tuple[int, ...]:

@@ -19,11 +19,9 @@ from attnreg import PatternError
 from attnreg.execution.host import host_readable
 from attnreg.models.inputs import (
     check_batch,
-    check_embeddings,
     check_forward_inputs,
-    check_ids,
     check_like,
-    check_one_of,
+    check_tokens,
 )
 from attnreg.nn import SharedBatch
 from attnreg.validation import reject_unknown, require
@@ -137,12 +135,7 @@ def check_inputs(model: torch.nn.Module, arguments: dict[str, Any]) -> None:
     """
     multiple_choice = isinstance(model, transformers.LongformerForMultipleChoice)
     axes = ("batch", "num_choices", "length") if multiple_choice else ("batch", "length")
-    ids, embeddings = arguments.get("input_ids"), arguments.get("inputs_embeds")
-    given = check_one_of(input_ids=ids, inputs_embeds=embeddings)
-    if given == "input_ids":
-        shape = check_ids(given, ids, axes, vocab_size=model.get_input_embeddings().num_embeddings)
-    else:
-        shape = check_embeddings(given, embeddings, axes, hidden_size=model.config.hidden_size)
+    given, shape = check_tokens(arguments, "input_ids", "inputs_embeds", axes, model.get_input_embeddings())
     for name in ("attention_mask", "global_attention_mask", "token_type_ids", "position_ids"):
         check_like(name, arguments.get(name), shape, axes, given)
     per_token = isinstance(model, (transformers.LongformerForMaskedLM, transformers.LongformerForTokenClassification))
@@ -152,7 +145,7 @@ def check_inputs(model: torch.nn.Module, arguments: dict[str, Any]) -> None:
         if not per_token or name != "labels":
             check_batch(name, arguments.get(name), shape[0], given)
     if arguments.get("position_ids") is None:
-        _check_positions(model, ids, shape[-1])
+        _check_positions(model, arguments.get("input_ids"), shape[-1])
 
 
 def _check_positions(model: torch.nn.Module, ids: torch.Tensor | None, length: int) -> None:

@@ -17,11 +17,10 @@ from transformers.models.longt5 import modeling_longt5
 
 from attnreg.models.inputs import (
     check_batch,
-    check_embeddings,
     check_forward_inputs,
     check_ids,
     check_like,
-    check_one_of,
+    check_tokens,
 )
 from attnreg.nn import SharedBatch
 from attnreg.validation import reject_unknown, require, require_int
@@ -200,12 +199,7 @@ def check_encoder_inputs(encoder: torch.nn.Module, arguments: Mapping[str, Any])
     Exactly one of ``input_ids`` (integer ids below the vocabulary size) and ``inputs_embeds``; no size 0;
     ``attention_mask`` of their shape. :func:`use_attnreg_attention` runs it before every forward of the encoder.
     """
-    ids, embeddings = arguments.get("input_ids"), arguments.get("inputs_embeds")
-    given = check_one_of(input_ids=ids, inputs_embeds=embeddings)
-    if given == "input_ids":
-        shape = check_ids(given, ids, _AXES, vocab_size=encoder.get_input_embeddings().num_embeddings)
-    else:
-        shape = check_embeddings(given, embeddings, _AXES, hidden_size=encoder.config.d_model)
+    given, shape = check_tokens(arguments, "input_ids", "inputs_embeds", _AXES, encoder.get_input_embeddings())
     check_like("attention_mask", arguments.get("attention_mask"), shape, _AXES, given)
     return shape
 
@@ -235,11 +229,8 @@ def check_inputs(model: torch.nn.Module, arguments: Mapping[str, Any]) -> None:
     if ids is None and embeddings is None:
         given, decoder_shape = "labels", check_ids("labels", labels, _AXES)
     else:
-        given = check_one_of(decoder_input_ids=ids, decoder_inputs_embeds=embeddings)
-        if given == "decoder_input_ids":
-            decoder_shape = check_ids(given, ids, _AXES, vocab_size=model.decoder.get_input_embeddings().num_embeddings)
-        else:
-            decoder_shape = check_embeddings(given, embeddings, _AXES, hidden_size=model.config.d_model)
+        names = ("decoder_input_ids", "decoder_inputs_embeds")
+        given, decoder_shape = check_tokens(arguments, *names, _AXES, model.decoder.get_input_embeddings())
     check_batch(given, arguments[given], shape[0], encoder_given)
     cached = arguments.get("cache") is not None or arguments.get("past_key_values") is not None
     for name in ("decoder_attention_mask", "labels"):
