@@ -206,7 +206,7 @@ def _whole_sequence(
     mask: LayerMask,
     options: dict[str, Any],
     dropout: float,
-    weights: bool,
+    weights_asked: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Prefill, training and encoders: the whole sequence on attnreg's engines (weights from the reference)."""
     scaling = options["scaling"]
@@ -223,7 +223,7 @@ def _whole_sequence(
         if real is not None:
             real = torch.cat([real.new_ones(real.shape[0], 1), real], dim=1)
     inputs = {"attention_mask": real, "dropout_p": dropout, "document_ids": documents}
-    if weights:
+    if weights_asked:
         out, probs = attention_weights(query, key, value, pattern, **inputs)
     else:
         out, probs = attention(query, key, value, pattern, **inputs), None
@@ -279,6 +279,18 @@ def _step_mask(query: torch.Tensor, key: torch.Tensor, mask: LayerMask) -> torch
     return allowed
 
 
+def _fused_step(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: LayerMask, scale: float, dropout: float
+) -> torch.Tensor:
+    """The step as one SDPA call: with no mask when the positions show every key is seen; a query that sees no key
+    gives zeros."""
+    if _sees_every_key(query, key, mask):
+        return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scale)
+    allowed = _step_mask(query, key, mask)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed[:, None], dropout_p=dropout, scale=scale)
+    return out.masked_fill(~allowed.any(dim=-1)[:, None, :, None], 0.0)
+
+
 def _cached_step(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -295,19 +307,12 @@ def _cached_step(
     reads are allowed (:func:`~attnreg.execution.non_finite.reads_allowed`), a non-finite output means a non-finite
     cached key or value, which SDPA's masking spreads to queries that do not see it: the step then runs explicitly,
     in fp32, keeping it to the queries that see it, as the reference does."""
-    plain = not (weights_asked or options.get("softcap") is not None or options.get("s_aux") is not None)
-    if plain and _sees_every_key(query, key, mask):
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=options["scaling"])
+    if not (weights_asked or options.get("softcap") is not None or options.get("s_aux") is not None):
+        out = _fused_step(query, key, value, mask, options["scaling"], dropout)
         if not reads_allowed(out) or all_finite(out):
             return out, None
     allowed = _step_mask(query, key, mask)
     empty = ~allowed.any(dim=-1)[:, None, :, None]  # a query with no key at all attends to nothing
-    if plain:
-        out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=allowed[:, None], dropout_p=dropout, scale=options["scaling"]
-        ).masked_fill(empty, 0.0)
-        if not reads_allowed(out) or all_finite(out):
-            return out, None
     scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * options["scaling"]
     if options.get("softcap") is not None:
         scores = options["softcap"] * torch.tanh(scores / options["softcap"])
@@ -345,16 +350,15 @@ def decoder_attention(
     options = {**options, "scaling": query.shape[-1] ** -0.5 if scaling is None else scaling}
     mask: LayerMask = attention_mask
     length = query.shape[2]
+    weights_asked = bool(options.get("output_attentions"))
     from_start = mask.kv_offset == 0 and isinstance(mask.q_offset, int) and mask.q_offset == 0
     # a whole sequence; or the first step into a preallocated (static) cache, whose later slots causal queries never see
     if from_start and (key.shape[2] == length or (mask.causal and key.shape[2] > length)):
         key, value = key[:, :, :length], value[:, :, :length]
         if mask.padding is not None:
             mask = dataclasses.replace(mask, padding=mask.padding[:, :length])
-        weights_asked = bool(options.get("output_attentions"))
         out, weights = _whole_sequence(query, key, value, mask, options, dropout, weights_asked)
     else:
-        weights_asked = bool(options.get("output_attentions"))
         if not weights_asked:
             key, value, mask = _reachable_keys(key, value, mask)
         out, weights = _cached_step(query, key, value, mask, options, dropout, weights_asked)
