@@ -73,7 +73,8 @@ def _token_table(call: AttentionCall) -> torch.Tensor | None:
         buckets = cached(("flex-buckets", term, length, str(device)), lambda: _offsets_of(term.bucket, length, device))
         table = table_dtype(call.bias_weight)[buckets].t()
     for term in call.pattern.score_terms:
-        values = cached(("flex-term", term, length, call.num_heads, str(device)), lambda t=term: _term_table(t, call))
+        key = ("flex-term", term, length, call.num_heads, str(device))
+        values = cached(key, lambda t=term: _term_table(t, length, call.num_heads, device))
         table = values if table is None else table + values
     return None if table is None else table.contiguous()
 
@@ -82,10 +83,10 @@ def _offsets_of(function, length: int, device: torch.device) -> torch.Tensor:
     return function(torch.arange(1 - length, length, device=device))
 
 
-def _term_table(term: ScoreTerm, call: AttentionCall) -> torch.Tensor:
+def _term_table(term: ScoreTerm, length: int, num_heads: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """``(heads, 2 * length - 1)``: ``term`` at query 0 and each offset (read as ``term(0, j - i)``)."""
-    offsets = torch.arange(1 - call.length, call.length, device=call.device)
-    return term.term(torch.zeros_like(offsets), offsets, call.num_heads).float()
+    offsets = torch.arange(1 - length, length, device=device)
+    return term.term(torch.zeros_like(offsets), offsets, num_heads).float()
 
 
 def is_relative(term: ScoreTerm, length: int, heads: int) -> bool:
@@ -94,8 +95,7 @@ def is_relative(term: ScoreTerm, length: int, heads: int) -> bool:
     def check() -> bool:
         rows = torch.tensor(sorted({0, 1, length // 2, length - 1}))[:, None].clamp(max=length - 1)
         keys = torch.arange(length)[None, :]
-        offsets = torch.arange(1 - length, length)
-        table = term.term(torch.zeros_like(offsets), offsets, heads).float()
+        table = _term_table(term, length, heads)
         return torch.allclose(term.term(rows, keys, heads).float(), table[:, keys - rows + length - 1])
 
     return cached(("flex-relative", term, length, heads), check)
